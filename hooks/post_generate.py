@@ -31,12 +31,36 @@ def run(step: str, command: list[str]) -> bool:
     return result.returncode == 0
 
 
+def commit_identity() -> list[str]:
+    """Options that give ``git commit`` an identity when the machine has none configured.
+
+    A fresh machine or CI runner often has no ``user.name``/``user.email``; then the first commit
+    is made in the name of the project's author from the answers file.
+    """
+    known = all(
+        subprocess.run(["git", "var", ident], capture_output=True, check=False).returncode == 0
+        for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT")
+    )
+    if known:
+        return []
+    import yaml
+
+    answers = yaml.safe_load(Path(".copier-answers.yml").read_text(encoding="utf-8"))
+    return [
+        "-c",
+        f"user.name={answers['author_name']}",
+        "-c",
+        f"user.email={answers['author_email']}",
+    ]
+
+
 def main() -> int:
     operation, is_grpc = sys.argv[1], sys.argv[2] == "True"
     uv = uv_command()
     if uv is None:
         print(
-            "copier-python-service: uv was not found, so no lock file and no gRPC stubs were made.\n"
+            "copier-python-service: uv was not found, so no lock file and no gRPC stubs "
+            "were made.\n"
             "  Install uv (pip install uv), then run `uv lock`"
             + (" and `uv run python scripts/protos.py`." if is_grpc else ".")
         )
@@ -49,7 +73,15 @@ def main() -> int:
         subprocess.run(["git", "add", "--all"], check=False)
         run(
             "making the first commit",
-            ["git", "commit", "--quiet", "--no-verify", "-m", "Generate the service with copier"],
+            [
+                "git",
+                *commit_identity(),
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
+                "Generate the service with copier",
+            ],
         )
     return 0
 

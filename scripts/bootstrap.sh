@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test and scripts/demo: makes the repository's tool environment, idempotently.
 #
 # Needs only bash, git and Python 3.11+. Installs a pinned uv into .tools/, then lets uv build

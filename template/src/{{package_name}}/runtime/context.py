@@ -1,0 +1,99 @@
+"""Request-scoped values (request id, W3C traceparent) kept in contextvars.
+
+Every log line reads them from here, and :mod:`.offload` carries them into worker threads and
+processes. Only the values named in :data:`SNAPSHOT_KEYS` cross a process boundary: a
+``contextvars.Context`` cannot be pickled, so they travel as a plain dict.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import Context, ContextVar
+
+MAX_REQUEST_ID_LENGTH = 128
+
+# Letters, digits and a few separators that are safe in headers, log lines and URLs.
+_REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+# version-traceid-parentid-flags, lowercase hex, all-zero ids are invalid (W3C Trace Context).
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+_traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
+
+SNAPSHOT_KEYS = ("request_id", "traceparent")
+
+
+def new_request_id() -> str:
+    """A fresh, random request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def accept_request_id(value: str | None) -> str:
+    """``value`` if it is a well-formed request id, otherwise a fresh one.
+
+    Incoming ids end up in logs and response headers: anything long or with unusual
+    characters (spaces, quotes, control characters) is replaced rather than trusted.
+    """
+    if value is not None and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def accept_traceparent(value: str | None) -> str | None:
+    """``value`` if it is a valid W3C ``traceparent`` header, otherwise ``None``."""
+    if value is None:
+        return None
+    value = value.strip().lower()
+    match = _TRACEPARENT_RE.fullmatch(value)
+    if match is None or match[1] == "ff":
+        return None
+    if set(match[2]) == {"0"} or set(match[3]) == {"0"}:
+        return None
+    return value
+
+
+def current_request_id() -> str | None:
+    """The request id of the request being handled, or ``None`` outside a request."""
+    return _request_id.get()
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the request being handled, if the client sent a valid one."""
+    return _traceparent.get()
+
+
+@contextmanager
+def bind(request_id: str, traceparent: str | None = None) -> Iterator[None]:
+    """Make ``request_id`` (and ``traceparent``) current for the duration of the block."""
+    id_token = _request_id.set(request_id)
+    trace_token = _traceparent.set(traceparent)
+    try:
+        yield
+    finally:
+        _traceparent.reset(trace_token)
+        _request_id.reset(id_token)
+
+
+def snapshot() -> dict[str, str | None]:
+    """The request-scoped values as a plain, picklable dict."""
+    return {"request_id": _request_id.get(), "traceparent": _traceparent.get()}
+
+
+def snapshot_of(ctx: Context) -> dict[str, str | None]:
+    """Like :func:`snapshot`, read from another context (safe while it runs elsewhere)."""
+    return {"request_id": ctx.get(_request_id), "traceparent": ctx.get(_traceparent)}
+
+
+@contextmanager
+def restore(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Make the values of a :func:`snapshot` current for the duration of the block."""
+    id_token = _request_id.set(values.get("request_id"))
+    trace_token = _traceparent.set(values.get("traceparent"))
+    try:
+        yield
+    finally:
+        _traceparent.reset(trace_token)
+        _request_id.reset(id_token)

@@ -1,0 +1,103 @@
+"""Structured logs: one event per line on stdout, with the request id in every line.
+
+structlog renders both its own events and records from the standard library (uvicorn, grpc,
+third-party libraries), so the output has one shape whatever produced it. The request id and
+traceparent come from :mod:`.context`, which is why a line written in an offload worker still
+names the request it belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+import structlog.tracebacks
+from structlog.typing import EventDict, Processor
+
+from .context import current_request_id, current_traceparent
+
+
+def _add_request_context(_logger: object, _method: str, event: EventDict) -> EventDict:
+    request_id = current_request_id()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            event.setdefault("traceparent", traceparent)
+    return event
+
+
+def _static_fields(fields: Mapping[str, object]) -> Processor:
+    def add(_logger: object, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        return event
+
+    return add
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    *,
+    stream: TextIO | None = None,
+    fields: Mapping[str, object] | None = None,
+) -> None:
+    """Route structlog and the standard library's logging to one handler on ``stream``.
+
+    ``fmt`` is ``json`` (one JSON object per line, for log pipelines) or ``console``
+    (aligned text for a terminal). ``fields`` are added to every line (e.g. a worker's pid).
+    Calling it again replaces the previous configuration.
+    """
+    shared: list[Processor] = [
+        _add_request_context,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fields:
+        shared.append(_static_fields(dict(fields)))
+    output = stream if stream is not None else sys.stdout
+    renderer: list[Processor]
+    if fmt == "console":
+        renderer = [structlog.dev.ConsoleRenderer(colors=output.isatty())]
+    else:
+        renderer = [
+            structlog.processors.StackInfoRenderer(),
+            # Tracebacks as data, without local variables: they may hold secrets or PII.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            structlog.processors.JSONRenderer(),
+        ]
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structured logger; ``name`` (usually ``__name__``) appears as ``logger`` in each line."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

@@ -1,0 +1,83 @@
+"""The service's Prometheus metrics, registered once in the default registry.
+
+The transports expose the registry (``/metrics`` over HTTP, or :func:`start_metrics_server`
+next to a gRPC server) and observe :data:`REQUEST_DURATION`; the rest is updated by the
+runtime itself. ``docs/runtime/metrics.md`` explains each one and what to alert on.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# Loop lag is small when healthy and seconds when something blocks: cover both ends.
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+EVENT_LOOP_LAG = Histogram(
+    "event_loop_lag_seconds",
+    "How late the event loop ran a timer callback that was due (heartbeat lag).",
+    buckets=_LAG_BUCKETS,
+)
+STALLS = Counter(
+    "stalls",
+    "Stalls longer than the threshold: kind=event_loop (the loop was blocked) or handler.",
+    ["kind"],
+)
+STALL_DURATION = Histogram(
+    "stall_duration_seconds",
+    "How long each stall lasted, by kind.",
+    ["kind"],
+    buckets=_STALL_BUCKETS,
+)
+WATCHDOG_STARVED = Counter(
+    "stall_watchdog_starved",
+    "Times the watchdog thread itself could not run (C code held the GIL); see stderr dumps.",
+)
+OFFLOAD_IN_FLIGHT = Gauge(
+    "offload_in_flight", "Offloaded calls running in a worker right now.", ["executor"]
+)
+OFFLOAD_QUEUED = Gauge(
+    "offload_queued", "Offloaded calls accepted and waiting for a free worker.", ["executor"]
+)
+OFFLOAD_REJECTED = Counter(
+    "offload_rejected",
+    "Offloaded calls rejected at once because workers and queue were full.",
+    ["executor"],
+)
+OFFLOAD_DURATION = Histogram(
+    "offload_duration_seconds",
+    "Time from submission to result of offloaded calls, by outcome.",
+    ["executor", "outcome"],
+    buckets=_DURATION_BUCKETS,
+)
+OFFLOAD_WORKER_CRASHES = Counter(
+    "offload_worker_crashes",
+    "Offload worker processes that died (killed, crashed, or replaced after a timeout).",
+    ["reason"],
+)
+REQUEST_DURATION = Histogram(
+    "request_duration_seconds",
+    "Request handling time by method (route or RPC) and status.",
+    ["method", "status"],
+    buckets=_DURATION_BUCKETS,
+)
+SERVICE_READY = Gauge("service_ready", "1 while the service is ready for traffic, else 0.")
+
+
+def observe_request(method: str, status: str, seconds: float) -> None:
+    """Record one handled request; ``method`` must be a route template or RPC name."""
+    REQUEST_DURATION.labels(method=method, status=status).observe(seconds)
+
+
+def start_metrics_server(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` from the default registry on a daemon thread.
+
+    Returns the server and its thread; call ``server.shutdown()`` to stop it.
+    """
+    return start_http_server(port, addr=host)

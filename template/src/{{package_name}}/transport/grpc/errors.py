@@ -1,0 +1,42 @@
+"""Which gRPC status each failure of a handler becomes, and what the client is told.
+
+A client gets a status it can act on and a message without internals: no exception text of
+unexpected errors, no stack trace. The full story goes to the log, under the request id the
+client also receives, so the two can be matched.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from ...runtime.offload import OffloadRejected, OffloadTimeout, WorkerCrashed
+
+
+class InvalidArgumentError(Exception):
+    """Raise it from a handler for a bad request: the client gets INVALID_ARGUMENT and the
+    message, so say what is wrong and how to fix it (and never echo secrets from the input).
+    """
+
+
+UNDECODABLE_REQUEST = "the request is not a valid message of this method's request type"
+
+
+def status_for(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an exception a handler raised."""
+    if isinstance(error, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, OffloadRejected):
+        # Like HTTP 503 + Retry-After: the client may retry later, with backoff.
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the server is busy; retry later with backoff"
+    if isinstance(error, OffloadTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the work did not finish within its time limit"
+    if isinstance(error, WorkerCrashed):
+        # Not UNAVAILABLE: the request itself may be what killed the worker, so a blind
+        # retry could do it again.
+        return grpc.StatusCode.INTERNAL, f"the worker handling request {request_id} died"
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+
+
+def is_expected(error: Exception) -> bool:
+    """Whether ``error`` is an ordinary outcome (logged briefly) rather than a bug (traceback)."""
+    return isinstance(error, InvalidArgumentError | OffloadRejected | OffloadTimeout)

@@ -1,0 +1,143 @@
+"""ASGI middleware: request context, access log and metrics, and the request body limit.
+
+Plain ASGI classes rather than ``BaseHTTPMiddleware``: they see every message, add no task
+per request, and let a streamed body be refused while it arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ...runtime.context import accept_request_id, accept_traceparent, bind
+from ...runtime.logging import get_logger
+from ...runtime.metrics import observe_request
+from .problems import problem_response
+
+REQUEST_ID_HEADER = "x-request-id"
+
+# Probes and scrapes arrive every few seconds: their access log lines are debug level.
+QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+
+# HTTP methods used as a metric label as they are; anything else is counted as "OTHER".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+access_log = get_logger("access")
+
+
+class RequestContextMiddleware:
+    """Binds a request id (and traceparent) for the request; logs and measures the request.
+
+    The id comes from the ``x-request-id`` header when it is well formed, otherwise a fresh
+    one is made; it is in every log line written while the request is handled (offloaded
+    work included) and in the response's ``x-request-id`` header. This is also the last line
+    of defence: an exception nothing else handled becomes a 500 problem response that names
+    the request id and nothing else, and the traceback goes to the log.
+
+    While ``close_connections()`` is true (the service is draining), responses carry
+    ``connection: close``, so clients holding a keep-alive connection reconnect, and the load
+    balancer sends the new connection to another instance.
+    """
+
+    def __init__(
+        self, app: ASGIApp, close_connections: Callable[[], bool] | None = None
+    ) -> None:
+        self.app = app
+        self.close_connections = close_connections
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
+        traceparent = accept_traceparent(headers.get("traceparent"))
+        status: int | None = None
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = [(REQUEST_ID_HEADER.encode(), request_id.encode())]
+                if self.close_connections is not None and self.close_connections():
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        started = time.perf_counter()
+        with bind(request_id, traceparent):
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            except Exception:
+                access_log.exception("request_failed", method=scope["method"], path=scope["path"])
+                if status is not None:
+                    raise  # the response has begun: all that is left is to drop the connection
+                response = problem_response(500, "An unexpected error occurred.")
+                await response(scope, receive, send_with_request_id)
+            finally:
+                self._record(scope, status or 500, time.perf_counter() - started)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, duration: float) -> None:
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        observe_request(f"{method} {route}", str(status), duration)
+        log = access_log.debug if scope["path"] in QUIET_PATHS else access_log.info
+        log(
+            "request",
+            method=scope["method"],
+            path=scope["path"],
+            route=route,
+            status=status,
+            duration_ms=round(duration * 1000, 3),
+            client=_client(scope),
+        )
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies over ``max_size`` bytes with 413, without reading them in full.
+
+    A declared ``content-length`` over the limit is refused before any of the body is read.
+    A chunked body is counted as it streams in and refused at the first byte past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_size: int) -> None:
+        self.app = app
+        self.max_size = max_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_size:
+            response = problem_response(413, self._detail())
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_size:
+                    # Raised inside the endpoint's body read, so the app's exception handlers
+                    # turn it into the same 413 problem response.
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _detail(self) -> str:
+        return f"The request body is larger than the limit of {self.max_size} bytes."
+
+
+def _client(scope: Scope) -> str | None:
+    client: Any = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None

@@ -1,0 +1,30 @@
+"""Settings of the HTTP transport, on top of the runtime's."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ...runtime.settings import RuntimeSettings
+
+
+class HttpSettings(RuntimeSettings):
+    """Everything the HTTP service reads from the environment at start-up."""
+
+    max_body_size: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        le=1024 * 1024 * 1024,
+        description=(
+            "Largest request body in bytes; a larger one is refused with 413 before it is read "
+            "in full. It also bounds the JSON parsing done on the event loop."
+        ),
+    )
+    keep_alive_timeout: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds an idle keep-alive connection stays open. Keep it above the idle timeout "
+            "of the load balancer in front (ALB: 60 s), or it sees connections vanish: 502s."
+        ),
+    )

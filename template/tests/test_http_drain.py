@@ -1,0 +1,146 @@
+"""SIGTERM under load: not ready at once, keep serving through the drain delay, finish every
+request already accepted, exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ServiceProcess
+from http_support import LARGE_BODY, HttpService, document_costing, start_http
+
+DRAIN_DELAY = 2.5
+GRACE = 30
+WORKERS = 2
+PINGERS = 40  # clients sending light requests back to back
+VALIDATIONS = 250  # heavy requests sent at once, just after readiness turned 503
+VALIDATION_COST = 0.03  # seconds of CPU each: together they outlast the drain delay
+
+
+@dataclass
+class Call:
+    kind: str
+    sent: float
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Observed:
+    calls: list[Call] = field(default_factory=list)
+    readiness: list[tuple[float, int]] = field(default_factory=list)  # (received, status)
+    signalled: float = 0.0
+
+
+def test_sigterm_under_load_drops_no_request(start_service: Callable[..., ServiceProcess]) -> None:
+    service = start_http(
+        start_service,
+        drain_delay=DRAIN_DELAY,
+        shutdown_grace=GRACE,
+        offload_workers=WORKERS,
+        offload_queue=VALIDATIONS + PINGERS,
+        stall_threshold=1.0,
+        max_body_size=LARGE_BODY,
+    )
+    observed = asyncio.run(_load_through_sigterm(service, document_costing(VALIDATION_COST)))
+
+    # Readiness turned 503 first, while everything else was still being served.
+    statuses = [status for _, status in observed.readiness]
+    assert statuses[0] == 200 and statuses[-1] == 503
+    first_not_ready = next(t for t, status in observed.readiness if status == 503)
+    assert first_not_ready > observed.signalled
+    served_after = [c for c in observed.calls if c.sent > first_not_ready and c.status == 200]
+    assert {c.kind for c in served_after} == {"ping", "validate"}
+
+    # Every request sent (all of them before the drain delay ended) completed with 2xx.
+    failures = [c for c in observed.calls if c.status is None or not 200 <= c.status < 300]
+    assert not failures, f"{len(failures)} requests failed, e.g. {failures[:3]}"
+    assert sum(c.kind == "validate" for c in observed.calls) == VALIDATIONS
+
+    assert service.process.wait_exit(GRACE) == 0
+    # The drain happened in order, with requests still in flight when listening stopped.
+    order = [
+        _line_of(service, event)
+        for event in ("shutdown_requested", "drain_delay_over", "offload_stopped", "service_stopped")
+    ]
+    assert order == sorted(order)
+    assert service.events("drain_delay_over")[0]["in_flight"] > 0
+
+
+def test_new_connections_are_refused_once_the_drain_delay_is_over(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    service = start_http(start_service, drain_delay=0.5, shutdown_grace=GRACE)
+    with service.client() as client:
+        client.get("/v1/ping")
+        service.process.signal(signal.SIGTERM)
+        service.wait_event("drain_delay_over")
+        assert service.process.wait_exit(GRACE) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(service.base_url + "/v1/ping")
+
+
+def test_a_second_signal_exits_at_once(start_service: Callable[..., ServiceProcess]) -> None:
+    service = start_http(start_service, drain_delay=120, shutdown_grace=120)
+    service.process.signal(signal.SIGINT)
+    service.wait_event("shutdown_requested")
+    service.process.signal(signal.SIGTERM)
+    # Far less than the 120 s drain delay: only the second signal can explain the exit.
+    assert service.process.wait_exit(10) == 128 + signal.SIGTERM
+    assert service.events("shutdown_forced")
+
+
+async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) -> Observed:
+    observed = Observed()
+    stop_pinging = asyncio.Event()
+    limits = httpx.Limits(max_connections=PINGERS + VALIDATIONS + 10)
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
+
+        async def call(kind: str, method: str, path: str, **kwargs: Any) -> None:
+            record = Call(kind, time.monotonic())
+            observed.calls.append(record)
+            try:
+                record.status = (await client.request(method, path, **kwargs)).status_code
+            except httpx.HTTPError as error:
+                record.error = repr(error)
+
+        async def ping_until_stopped() -> None:
+            while not stop_pinging.is_set():
+                await call("ping", "GET", "/v1/ping")
+
+        async def watch_readiness() -> None:
+            while True:
+                status = (await client.get("/readyz")).status_code
+                observed.readiness.append((time.monotonic(), status))
+                if status == 503:
+                    return
+                await asyncio.sleep(0.01)
+
+        pingers = [asyncio.create_task(ping_until_stopped()) for _ in range(PINGERS)]
+        watcher = asyncio.create_task(watch_readiness())
+        await asyncio.sleep(0.5)  # steady traffic before the signal
+        observed.signalled = time.monotonic()
+        service.process.signal(signal.SIGTERM)
+        await watcher
+        heavy = [
+            asyncio.create_task(call("validate", "POST", "/v1/documents:validate", json=document))
+            for _ in range(VALIDATIONS)
+        ]
+        await asyncio.sleep(0.3)  # light traffic goes on after readiness turned 503
+        stop_pinging.set()
+        await asyncio.gather(*pingers, *heavy)
+    return observed
+
+
+def _line_of(service: HttpService, event: str) -> int:
+    for index, line in enumerate(service.process.stdout.lines):
+        if f'"event": "{event}"' in line:
+            return index
+    raise AssertionError(f"no {event} event in the service's output")

@@ -1,0 +1,64 @@
+"""A project installs from its own lock file into a clean environment, on each Python on offer.
+
+The matrix shares one environment on the default Python; here each other version of
+``python_version`` that is installed on the machine gets one complete combination, generated the
+way a user generates it (with the post-generation hook: ``uv lock``, stubs, first commit) and
+installed with ``uv sync --locked`` into a new virtual environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from combinations import choice_values, covering_set, default
+from support import GIT_IDENTITY, find_python, git, own_checks, render, run, tail, tool_env, uv
+
+VERSIONS = choice_values("python_version")
+OTHER_VERSIONS = [version for version in VERSIONS if version != default("python_version")]
+
+
+@pytest.mark.parametrize("python_version", OTHER_VERSIONS)
+def test_installs_from_own_lock_file(
+    python_version: str,
+    template: Path,
+    tmp_path: Path,
+    worker_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    python = find_python(python_version)
+    if python is None:
+        pytest.skip(f"Python {python_version} is not installed on this machine")
+    # Spread the versions over different transports and executors.
+    combinations = covering_set()
+    combination = combinations[VERSIONS.index(python_version) % len(combinations)]
+    project = tmp_path / combination.id
+    for name, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(name, value)
+
+    render(
+        template, project, {**combination.data, "python_version": python_version}, skip_tasks=False
+    )
+
+    assert (project / "uv.lock").is_file(), "the post-generation hook wrote no uv.lock"
+    assert git("rev-list", "--count", "HEAD", cwd=project).strip() == "1"
+    assert git("status", "--porcelain", cwd=project) == "", "the first commit left files out"
+
+    venv = tmp_path / "clean-venv"
+    run(
+        [uv(), "sync", "--locked", "--python", python],
+        cwd=project,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+    )
+    reported = run([venv / "bin" / "python", "-c", "import sys; print(sys.version)"]).stdout
+    assert reported.startswith(python_version + "."), reported
+
+    cache = worker_cache / f"py{python_version}"
+    env = tool_env(venv, mypy_cache=cache, pythonpath=None)
+    failures = []
+    for name, command in own_checks(venv, cache).items():
+        result = run(command, cwd=project, env=env, timeout=1200, check=False)
+        if result.returncode != 0:
+            failures.append(f"--- {name} (exit {result.returncode})\n{tail(result.stdout, 60)}")
+    assert not failures, f"{combination} on Python {python_version}:\n" + "\n".join(failures)

@@ -1,0 +1,99 @@
+"""Every combination of answers, rendered and checked with the generated project's own tools.
+
+The combinations are the product of copier.yml's choice questions (tests/combinations.py). All of
+them run on one shared environment (see conftest.py's ``shared_venv``) with the source tree on
+PYTHONPATH; tests/test_lockfile.py proves separately that a project installs from its own lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from combinations import Combination, combinations
+from hygiene import all_problems
+from support import own_checks, rendered_files, run, tail, tool_env
+
+pytestmark = pytest.mark.matrix
+
+COMBINATIONS = combinations()
+
+
+def run_own_check(
+    name: str, combination: Combination, project: Path, venv: Path, cache: Path, timeout: float
+) -> None:
+    command = own_checks(venv, cache)[name]
+    result = run(
+        command, cwd=project, env=tool_env(venv, mypy_cache=cache), timeout=timeout, check=False
+    )
+    assert result.returncode == 0, (
+        f"{name} failed for {combination} (exit {result.returncode}) in {project}:\n"
+        f"{tail(result.stdout, 120)}"
+    )
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_own_test_suite(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+) -> None:
+    """The generated project's pytest suite passes (real servers, real signals)."""
+    run_own_check("pytest", combination, prepared(combination), shared_venv, worker_cache, 1200)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_mypy(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+) -> None:
+    """``mypy`` with the project's configuration (strict) finds nothing."""
+    run_own_check("mypy", combination, prepared(combination), shared_venv, worker_cache, 600)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_ruff_check(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+) -> None:
+    run_own_check("ruff check", combination, prepared(combination), shared_venv, worker_cache, 120)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_ruff_format(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+) -> None:
+    """The code is formatted as shipped: ``ruff format --check`` would change nothing."""
+    run_own_check("ruff format", combination, prepared(combination), shared_venv, worker_cache, 120)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_rendering_hygiene(
+    combination: Combination, rendered: Callable[[Combination], Path], shared_venv: Path
+) -> None:
+    """No template leftovers, empty files, stray blank lines, misplaced files or broken syntax."""
+    project = rendered(combination)
+    problems = all_problems(
+        combination, project, rendered_files(project), shared_venv / "bin" / "python"
+    )
+    assert not problems, f"{len(problems)} problems in {combination}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_answers_are_recorded(
+    combination: Combination, rendered: Callable[[Combination], Path]
+) -> None:
+    """``copier update`` replays the answers file: it must hold what was asked."""
+    answers = yaml.safe_load((rendered(combination) / ".copier-answers.yml").read_text())
+    assert {name: answers.get(name) for name in combination.data} == combination.data
+    assert answers["_src_path"], "the answers file does not say where the template came from"

@@ -1,0 +1,356 @@
+"""Bad answers are refused with a message that says what is wrong and what is allowed.
+
+Through the real ``copier`` command line: with ``--defaults --data`` (the exit status is non-zero,
+no traceback is printed and nothing is written) and interactively, in a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+import yaml
+from combinations import REPO, asked_questions, choice_values, default
+from support import run
+
+sys.path.insert(0, str(REPO / "extensions"))
+import names
+
+
+def copier_cli() -> str:
+    found = shutil.which("copier")
+    assert found, "copier is not on PATH: run the tests with scripts/test"
+    return found
+
+
+def refused(template: Path, destination: Path, data: dict[str, str]) -> tuple[int, str]:
+    arguments = [copier_cli(), "copy", "--trust", "--defaults", "--skip-tasks", "--vcs-ref", "HEAD"]
+    for name, value in data.items():
+        arguments += ["--data", f"{name}={value}"]
+    result = run([*arguments, template, destination], check=False, timeout=120)
+    return result.returncode, result.stdout
+
+
+def choice_case(name: str, bad: str) -> pytest.ParameterSet:
+    allowed = choice_values(name)
+    return pytest.param({name: bad}, [f"{bad!r} is not in"], allowed, id=f"{name}={bad}")
+
+
+# (answers given with --data, what the message must say is wrong, what it must say is allowed)
+REFUSALS = [
+    pytest.param(
+        {"project_name": " "},
+        ["project name must not be empty"],
+        ["Invoice Validator"],
+        id="project_name-empty",
+    ),
+    pytest.param(
+        {"project_name": "東京サービス"},
+        ["has no ASCII letters"],
+        ["at least one letter a-z"],
+        id="project_name-no-ascii",
+    ),
+    pytest.param(
+        {"project_name": "Logging"},
+        ["package name 'logging' would shadow"],
+        ["logging_service"],
+        id="project_name-derives-a-shadowing-package",
+    ),
+    pytest.param(
+        {"project_slug": "My Service"},
+        ["project slug 'My Service' is not allowed"],
+        ["lowercase letters a-z, digits and single dashes"],
+        id="project_slug-space",
+    ),
+    pytest.param(
+        {"project_slug": "my--service"},
+        ["project slug 'my--service' is not allowed"],
+        ["single dashes"],
+        id="project_slug-double-dash",
+    ),
+    pytest.param(
+        {"package_name": "my-service"},
+        ["package name 'my-service' is not allowed"],
+        ["lowercase letters a-z, digits and underscores"],
+        id="package_name-dash",
+    ),
+    pytest.param(
+        {"package_name": "my service"},
+        ["package name 'my service' is not allowed"],
+        ["starting with a letter"],
+        id="package_name-space",
+    ),
+    pytest.param(
+        {"package_name": "café"},
+        ["package name 'café' is not allowed"],
+        ["letters a-z"],
+        id="package_name-unicode",
+    ),
+    pytest.param(
+        {"package_name": "2fast"},
+        ["package name '2fast' is not allowed"],
+        ["starting with a letter"],
+        id="package_name-digit-first",
+    ),
+    pytest.param(
+        {"package_name": "class"},
+        ["'class' is a Python keyword"],
+        ["class_service"],
+        id="package_name-keyword",
+    ),
+    pytest.param(
+        {"package_name": "match"},
+        ["'match' is a Python keyword"],
+        ["match_service"],
+        id="package_name-soft-keyword",
+    ),
+    *[
+        pytest.param(
+            {"package_name": module},
+            [f"package name {module!r} would shadow the module"],
+            [f"{module}_service"],
+            id=f"package_name-shadows-{module}",
+        )
+        for module in ("grpc", "json", "test", "logging", "fastapi")
+    ],
+    pytest.param(
+        {"author_email": "jane"},
+        ["e-mail address 'jane' is not valid"],
+        ["jane@example.com"],
+        id="author_email-no-at",
+    ),
+    pytest.param(
+        {"author_email": "jane@example"},
+        ["e-mail address 'jane@example' is not valid"],
+        ["jane@example.com"],
+        id="author_email-no-domain",
+    ),
+    pytest.param(
+        {"port": "80"}, ["port 80 is out of range"], ["1024 to 65535"], id="port-privileged"
+    ),
+    pytest.param(
+        {"port": "65536"}, ["port 65536 is out of range"], ["1024 to 65535"], id="port-too-big"
+    ),
+    pytest.param(
+        {"port": "http"},
+        ["question 'port'", "'http' is not a whole number"],
+        [],
+        id="port-not-a-number",
+    ),
+    pytest.param(
+        {"transport": "grpc", "port": "50051", "metrics_port": "50051"},
+        ["port 50051 is already the service port"],
+        ["must differ"],
+        id="metrics_port-same",
+    ),
+    pytest.param(
+        {"transport": "grpc_aio", "metrics_port": "443"},
+        ["port 443 is out of range"],
+        ["1024 to 65535"],
+        id="metrics_port-privileged",
+    ),
+    pytest.param(
+        {"stall_threshold_ms": "5"},
+        ["stall threshold 5 is out of range"],
+        ["10 to 60000 milliseconds"],
+        id="stall_threshold_ms-too-small",
+    ),
+    pytest.param(
+        {"stall_threshold_ms": "600000"},
+        ["stall threshold 600000 is out of range"],
+        ["10 to 60000 milliseconds"],
+        id="stall_threshold_ms-too-big",
+    ),
+    pytest.param(
+        {"drain_delay_seconds": "-1"},
+        ["drain delay -1 is out of range"],
+        ["0 to 300 seconds"],
+        id="drain_delay_seconds-negative",
+    ),
+    pytest.param(
+        {"drain_delay_seconds": "301"},
+        ["drain delay 301 is out of range"],
+        ["0 to 300 seconds"],
+        id="drain_delay_seconds-too-big",
+    ),
+    pytest.param(
+        {"shutdown_grace_seconds": "0"},
+        ["shutdown grace period 0 is out of range"],
+        ["1 to 600 seconds"],
+        id="shutdown_grace_seconds-zero",
+    ),
+    pytest.param(
+        {"shutdown_grace_seconds": "601"},
+        ["shutdown grace period 601 is out of range"],
+        ["1 to 600 seconds"],
+        id="shutdown_grace_seconds-too-big",
+    ),
+    choice_case("transport", "rest"),
+    choice_case("executor", "fork"),
+    choice_case("deployment", "heroku"),
+    choice_case("python_version", "3.9"),
+]
+
+
+@pytest.mark.parametrize(("data", "wrong", "allowed"), REFUSALS)
+def test_bad_answer_is_refused_and_nothing_is_written(
+    template: Path, tmp_path: Path, data: dict[str, str], wrong: list[str], allowed: list[str]
+) -> None:
+    destination = tmp_path / "svc"
+    status, output = refused(template, destination, data)
+    assert status != 0, f"copier accepted {data}:\n{output}"
+    assert "Traceback" not in output, f"a traceback instead of a message:\n{output}"
+    for text in [*wrong, *allowed]:
+        assert text in output, f"the message does not say {text!r}:\n{output}"
+    assert "Nothing was generated." in output
+    assert not destination.exists(), f"{destination} was created although {data} was refused"
+
+
+def test_refusal_leaves_an_existing_directory_untouched(template: Path, tmp_path: Path) -> None:
+    destination = tmp_path / "existing"
+    destination.mkdir()
+    (destination / "notes.txt").write_text("mine\n", encoding="utf-8")
+    status, output = refused(template, destination, {"package_name": "json"})
+    assert status != 0, output
+    assert sorted(path.name for path in destination.iterdir()) == ["notes.txt"]
+
+
+def test_every_validator_is_tested() -> None:
+    """Each question with a validator or choices appears in REFUSALS (so one is not forgotten)."""
+    covered = set()
+    for case in REFUSALS:
+        data = case.values[0]
+        assert isinstance(data, dict)
+        covered.update(data)
+    checked = {
+        name for name, spec in asked_questions().items() if "validator" in spec or "choices" in spec
+    }
+    assert checked <= covered, f"validators without a test: {sorted(checked - covered)}"
+
+
+def test_package_names_of_installed_modules_are_refused(shared_venv: Path) -> None:
+    """No package name may shadow a module installed in a generated project's environment.
+
+    The environment holds every transport's dependencies and dev tools, so this is the real list
+    of what a service or its tests may import; extensions/names.py must refuse each of them.
+    """
+    listing = run(
+        [
+            shared_venv / "bin" / "python",
+            "-c",
+            "import importlib.metadata as m, json\n"
+            "names = set()\n"
+            "for dist in m.distributions():\n"
+            "    top = dist.read_text('top_level.txt')\n"
+            "    if top:\n"
+            "        names.update(top.split())\n"
+            "        continue\n"
+            "    for file in dist.files or []:\n"
+            "        first = file.parts[0]\n"
+            "        if first.endswith(('.dist-info', '.data', '.pth')) or first == '..':\n"
+            "            continue\n"
+            "        names.add(first.removesuffix('.py') if len(file.parts) == 1 else first)\n"
+            "print(json.dumps(sorted(names)))\n",
+        ]
+    ).stdout
+    installed = {
+        name.replace("/", ".").split(".")[0]
+        for name in json.loads(listing)
+        if names.IDENTIFIER_RE.fullmatch(name)
+    }
+    accepted = sorted(name for name in installed if not names.package_name_problem(name))
+    assert not accepted, (
+        "extensions/names.py accepts package names that shadow installed modules; add them to "
+        f"THIRD_PARTY_MODULES: {accepted}"
+    )
+
+
+# --- Interactively, in a real terminal ----------------------------------------------------------
+
+
+def first_help_line(name: str) -> str:
+    return str(asked_questions()[name]["help"]).strip().splitlines()[0].strip()
+
+
+class Prompt:
+    """Drives copier's questions in a pseudo-terminal, the way a person answers them."""
+
+    CLEAR_LINE = "\x15"  # Ctrl-U: delete the pre-filled default
+
+    def __init__(self, arguments: list[str], log: Path) -> None:
+        env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", "NO_COLOR": "1"}
+        self.child = pexpect.spawn(
+            arguments[0],
+            arguments[1:],
+            encoding="utf-8",
+            dimensions=(50, 250),
+            env=env,
+            timeout=30,
+        )
+        self.child.logfile_read = log.open("w", encoding="utf-8")  # shown when a test fails
+        self.log = log
+
+    def question(self, name: str) -> None:
+        self.child.expect(re.escape(first_help_line(name)))
+
+    def accept_default(self) -> None:
+        self.child.send("\r")
+
+    def type(self, answer: str) -> None:
+        self.child.send(self.CLEAR_LINE + answer + "\r")
+
+    def sees(self, text: str) -> None:
+        self.child.expect(re.escape(text))
+
+    def finish(self) -> int:
+        self.child.expect(pexpect.EOF, timeout=120)
+        self.child.close()
+        return int(self.child.exitstatus or 0)
+
+
+def test_interactive_prompt_refuses_bad_answers_and_accepts_corrections(
+    template: Path, tmp_path: Path
+) -> None:
+    destination = tmp_path / "svc"
+    prompt = Prompt(
+        [
+            copier_cli(),
+            "copy",
+            "--trust",
+            "--skip-tasks",
+            "--vcs-ref",
+            "HEAD",
+            str(template),
+            str(destination),
+        ],
+        tmp_path / "terminal.log",
+    )
+    answers = {"package_name": "json_tools", "port": "8080", "author_email": "dev@example.com"}
+    bad = {
+        "package_name": ("json", "would shadow the module"),
+        "author_email": ("dev at example", "is not valid"),
+        "port": ("80", "is out of range: use 1024 to 65535"),
+    }
+    # The default transport asks every unconditional question, in copier.yml's order.
+    asked = [name for name, spec in asked_questions().items() if "when" not in spec]
+    for name in asked:
+        prompt.question(name)
+        if name in bad:
+            wrong, message = bad[name]
+            prompt.type(wrong)
+            prompt.sees(message)
+        if name in answers:
+            prompt.type(answers[name])
+        else:
+            prompt.accept_default()
+    status = prompt.finish()
+    assert status == 0, prompt.log.read_text(encoding="utf-8")[-3000:]
+    recorded = yaml.safe_load((destination / ".copier-answers.yml").read_text(encoding="utf-8"))
+    assert {name: str(recorded[name]) for name in answers} == answers
+    assert recorded["transport"] == default("transport")
