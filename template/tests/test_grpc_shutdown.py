@@ -7,12 +7,20 @@ signal must end the process at once.
 from __future__ import annotations
 
 import signal
-import threading
+import time
 from collections.abc import Callable
+from datetime import datetime
 
 import grpc
-from conftest import ServiceProcess
-from grpc_support import document_costing, documents_pb2, documents_pb2_grpc, start_grpc
+from conftest import ServiceProcess, wait_until
+from grpc_support import (
+    SERVICE,
+    THREADED,
+    document_costing,
+    documents_pb2,
+    documents_pb2_grpc,
+    start_grpc,
+)
 
 LARGE_MESSAGES = 32 * 1024 * 1024
 
@@ -20,6 +28,9 @@ LARGE_MESSAGES = 32 * 1024 * 1024
 def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
+    # Every RPC waiting for the offload pool holds a handler thread of the thread-pool server:
+    # without enough of them, new RPCs would queue behind the validations.
+    threads = {"handler_threads": 400} if THREADED else {}
     service = start_grpc(
         start_service,
         drain_delay=3,
@@ -28,25 +39,30 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
         offload_workers=2,
         offload_queue=400,
         max_message_size=LARGE_MESSAGES,
+        stall_threshold=60,  # handlers wait seconds for the offload pool here: not stalls
+        **threads,
     )
     heavy = documents_pb2.ValidateRequest(document_json=document_costing(0.5))
     light = documents_pb2.ValidateRequest(document_json='{"name": "Ada"}')
-    stopping = threading.Event()
-    finished_after_stop: list[bool] = []
-
-    def watch_for_stop() -> None:
-        service.process.stdout.wait_for('"event": "grpc_server_stopping"', timeout=120)
-        stopping.set()
-
-    threading.Thread(target=watch_for_stop, daemon=True).start()
+    finished_at: list[float] = []  # wall-clock time, comparable with the service's log
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
         in_flight = []
         for index in range(300):
             request = heavy if index % 15 == 0 else light  # 20 heavy ones, queued with the rest
             future = stub.Validate.future(request, timeout=180)
-            future.add_done_callback(lambda _: finished_after_stop.append(stopping.is_set()))
+            future.add_done_callback(lambda _: finished_at.append(time.time()))
             in_flight.append(future)
+        # Large requests take a while to reach the server; until it has accepted an RPC, the
+        # RPC is not in flight there, and stop() would refuse it like any new one.
+        validate = f"/{SERVICE}/Validate"
+        wait_until(
+            lambda: service.metric("requests_in_flight", method=validate)
+            + service.metric("request_duration_seconds_count", method=validate, status="OK")
+            == len(in_flight),
+            60,
+            "the server to accept every RPC",
+        )
 
         service.process.signal(signal.SIGTERM)
         service.wait_event("draining")
@@ -55,12 +71,13 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
             fresh_stub = documents_pb2_grpc.DocumentServiceStub(fresh)
             for _ in range(5):
                 assert fresh_stub.Ping(documents_pb2.PingRequest(), timeout=30).request_id
-        assert not stopping.is_set(), "the drain delay ended before the pings were answered"
+        assert not service.events("grpc_server_stopping"), "the drain delay ended too soon"
 
         codes = [_code(future) for future in in_flight]
     assert codes == [grpc.StatusCode.OK] * len(in_flight)
-    assert any(finished_after_stop), "nothing was in flight when the server began to stop"
     assert service.process.wait_exit(150) == 0
+    stopping = datetime.fromisoformat(service.events("grpc_server_stopping")[0]["timestamp"])
+    assert max(finished_at) > stopping.timestamp(), "nothing was in flight when the server stopped"
     assert service.events("grpc_server_stopped")
     assert not service.events("shutdown_incomplete")
 

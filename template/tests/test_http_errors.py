@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 from conftest import ServiceProcess, wait_until
-from http_support import LARGE_BODY, SECRET, HttpService, document_costing, running_http, start_http
+from http_support import LARGE_BODY, INTERNALS, HttpService, document_costing, running_http, start_http
 
 PROBLEM = "application/problem+json"
 
@@ -57,7 +57,7 @@ def test_an_unexpected_error_is_500_without_internals() -> None:
         # The server's log has the whole story, under the same request id.
         failed = service.wait_event("request_failed")
         assert failed["request_id"] == "bug-1"
-        assert SECRET in json.dumps(failed)
+        assert INTERNALS in json.dumps(failed)
         _assert_healthy(client)
 
 

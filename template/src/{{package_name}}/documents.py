@@ -54,8 +54,10 @@ _CREDENTIALS = {
 # Checks applied to the values of fields whose name ends with the key, e.g. ``billing_email``.
 _FIELD_FORMATS = {
     "email": (
-        re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"),
+        re.compile(
+            r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+        ),
         "is not an e-mail address",
     ),
     "url": (re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE), "is not an http(s) URL"),
@@ -120,9 +122,6 @@ def _passes_luhn(candidate: str) -> bool:
     digits = [int(c) for c in candidate if c.isdigit()]
     total = 0
     for position, digit in enumerate(reversed(digits)):
-        if position % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
+        doubled = digit * 2 if position % 2 else digit
+        total += doubled - 9 if doubled > 9 else doubled
     return total % 10 == 0

@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ...runtime.context import bind
 from .calls import UNDECODABLE, Call, is_observed, tolerant
 from .errors import UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 
@@ -79,7 +78,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
 def _unary(behavior: Behavior, method: str) -> Behavior:
     async def handle(request: Any, context: Context) -> Any:
         call = await _begin(method, context)
-        with bind(call.request_id, call.traceparent):
+        with call.scope():
             if request is UNDECODABLE:
                 await _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
             try:
@@ -98,7 +97,7 @@ def _unary(behavior: Behavior, method: str) -> Behavior:
 def _streaming(behavior: StreamBehavior, method: str) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         call = await _begin(method, context)
-        with bind(call.request_id, call.traceparent):
+        with call.scope():
             if request is UNDECODABLE:
                 await _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
             try:

@@ -1,20 +1,23 @@
-"""What both gRPC servers record about each RPC: request id, access log line, latency metric.
+"""What both gRPC servers record about each RPC: request id, access log line, metrics.
 
 The interceptors (``sync_interceptors.py`` or ``aio_interceptors.py``) create a :class:`Call`
-when an RPC starts and :meth:`Call.finish` it with the final status. Health checks and
-reflection are infrastructure, polled every few seconds: they get no log line and no metric.
+when an RPC starts, run the handler inside :meth:`Call.scope` and :meth:`Call.finish` it with
+the final status. Health checks and reflection are infrastructure, polled every few seconds:
+they get no log line and no metrics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client import Gauge
 
-from ...runtime.context import accept_request_id, accept_traceparent
+from ...runtime.context import accept_request_id, accept_traceparent, bind
 from ...runtime.logging import get_logger
 from ...runtime.metrics import observe_request
 from .errors import is_expected
@@ -24,6 +27,10 @@ TRACEPARENT_KEY = "traceparent"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 
 log = get_logger("access")
+
+REQUESTS_IN_FLIGHT = Gauge(
+    "requests_in_flight", "RPCs accepted by the server and not finished yet, by method.", ["method"]
+)
 
 
 class _Undecodable:
@@ -92,6 +99,13 @@ class Call:
     def response_metadata(self) -> tuple[tuple[str, str]]:
         """Sent back as initial and trailing metadata, so every client can read it."""
         return ((REQUEST_ID_KEY, self.request_id),)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """While the RPC runs: its request id is bound for log lines, and it counts as in flight."""
+        in_flight = REQUESTS_IN_FLIGHT.labels(method=self.method)
+        with bind(self.request_id, self.traceparent), in_flight.track_inprogress():
+            yield
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
         """Write the access log line and observe the latency histogram."""

@@ -24,7 +24,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ...runtime.context import bind
 from ...runtime.stall import StallWatchdog
 from .calls import UNDECODABLE, Call, is_observed, tolerant
 from .errors import UNDECODABLE_REQUEST, InvalidArgumentError, status_for
@@ -77,7 +76,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
 def _unary(behavior: Behavior, method: str, watchdog: StallWatchdog) -> Behavior:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         call = _begin(method, context)
-        with bind(call.request_id, call.traceparent):
+        with call.scope():
             if request is UNDECODABLE:
                 _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
             with watchdog.watch_handler(method, request_id=call.request_id):
@@ -94,7 +93,7 @@ def _unary(behavior: Behavior, method: str, watchdog: StallWatchdog) -> Behavior
 def _streaming(behavior: StreamBehavior, method: str) -> StreamBehavior:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         call = _begin(method, context)
-        with bind(call.request_id, call.traceparent):
+        with call.scope():
             if request is UNDECODABLE:
                 _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
             try:

@@ -44,9 +44,7 @@ class RequestContextMiddleware:
     balancer sends the new connection to another instance.
     """
 
-    def __init__(
-        self, app: ASGIApp, close_connections: Callable[[], bool] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, close_connections: Callable[[], bool] | None = None) -> None:
         self.app = app
         self.close_connections = close_connections
 

@@ -21,6 +21,7 @@ from ...runtime.context import current_request_id
 from ...runtime.offload import OffloadRejected, OffloadTimeout
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_SCHEMA = {"$ref": "#/components/schemas/ProblemDetails"}
 
 # Seconds a client is told to wait after the offload pool turned it away.
 RETRY_AFTER_SECONDS = 1
@@ -147,6 +148,4 @@ def document_problems(schema: dict[str, Any]) -> None:
                 responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
             for status, response in responses.items():
                 if status[0] in "45":
-                    response["content"] = {
-                        PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}
-                    }
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}
