@@ -44,7 +44,7 @@ import yaml
 from botocore.validate import ParamValidator
 from combinations import REPO, Combination, combinations, default
 from hygiene import load_yaml_documents
-from support import run, tool_env
+from support import render, run, tool_env
 
 COMBINATIONS = combinations()
 KUBERNETES_VERSION = "1.30.0"
@@ -700,6 +700,68 @@ def process(
         child.wait()
 
 
+def request_through(
+    proxy: str, project: Path, answers: dict[str, Any], env: dict[str, str]
+) -> None:
+    """One call of the service's API through the proxy; fails unless it succeeds."""
+    if answers["transport"] == "fastapi":
+        request = urllib.request.Request(
+            f"http://{proxy}/v1/documents:validate",
+            data=json.dumps({"name": "Ada", "email": "ada@example.com"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["valid"] is True
+    else:
+        # The standard health check, as an RPC through Envoy's HTTP/2 route.
+        healthcheck = ["python", "-m", f"{answers['package_name']}.healthcheck", "--address", proxy]
+        result = run(healthcheck, cwd=project, env=env, check=False)
+        assert result.returncode == 0, result.stdout
+
+
+def observe_drain(project: Path, venv: Path, cache: Path, workdir: Path, **settings: str) -> bool:
+    """Run the service behind the generated envoy.yaml, send it SIGTERM, and tell whether it was
+    still running when Envoy's health check marked it failed. It must then exit 0."""
+    answers = answers_of(project)
+    cluster = answers["project_slug"]
+    ports = {name: free_port() for name in ("admin", "ingress", "ops", "service", "metrics")}
+    config = yaml.safe_load((project / "deploy/kubernetes/envoy.yaml").read_text())
+    local_config = workdir / "envoy.yaml"
+    local_config.write_text(yaml.safe_dump(loopback_envoy_config(config, ports)))
+    prefix = answers["package_name"].upper() + "_"
+    env = tool_env(venv, mypy_cache=cache)
+    env.update(
+        {
+            f"{prefix}HOST": "127.0.0.1",
+            f"{prefix}PORT": str(ports["service"]),
+            f"{prefix}METRICS_PORT": str(ports["metrics"]),
+            f"{prefix}OFFLOAD_WORKERS": "1",
+            **{prefix + name.upper(): value for name, value in settings.items()},
+        }
+    )
+    service_command = [str(venv / "bin" / "python"), "-m", answers["package_name"]]
+    envoy = [tool("envoy"), "-c", str(local_config), "--disable-hot-restart", "--concurrency", "1"]
+    logs = [workdir / "service.log", workdir / "envoy.log"]
+    with (
+        process(service_command, logs[0], cwd=project, env=env) as service,
+        process(envoy, logs[1], cwd=workdir) as proxy,
+    ):
+        wait_until(
+            lambda: health_flags(ports["admin"], cluster) == "healthy", "a healthy pod", logs
+        )
+        request_through(f"127.0.0.1:{ports['ingress']}", project, answers, env)
+        service.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: "failed_active_hc" in health_flags(ports["admin"], cluster),
+            "Envoy to mark the pod failed",
+            logs,
+        )
+        running_when_noticed = service.poll() is None
+        assert service.wait(timeout=120) == 0, logs[0].read_text()
+        assert proxy.poll() is None, logs[1].read_text()
+    return running_when_noticed
+
+
 @pytest.mark.matrix
 @pytest.mark.parametrize(
     "combination",
@@ -713,68 +775,152 @@ def test_envoy_stops_routing_before_the_service_exits(
     worker_cache: Path,
     tmp_path: Path,
 ) -> None:
-    """The generated envoy.yaml, run for real against the service: after SIGTERM, Envoy's active
-    health check marks the pod failed while the service is still draining (so no request is
-    sent to a closed port), then the service exits 0."""
+    """The real Envoy with the generated envoy.yaml, in front of the real service: a request
+    passes through; after SIGTERM Envoy marks the pod failed while it is still draining (so no
+    request goes to a closed port), and the service then exits 0."""
     project = prepared(combination)
-    answers = answers_of(project)
-    cluster = answers["project_slug"]
-    ports = {name: free_port() for name in ("admin", "ingress", "ops", "service", "metrics")}
-    config = yaml.safe_load((project / "deploy/kubernetes/envoy.yaml").read_text())
-    local_config = tmp_path / "envoy.yaml"
-    local_config.write_text(yaml.safe_dump(loopback_envoy_config(config, ports)))
-
-    prefix = answers["package_name"].upper() + "_"
-    env = tool_env(shared_venv, mypy_cache=worker_cache)
-    env.update(
-        {
-            f"{prefix}HOST": "127.0.0.1",
-            f"{prefix}PORT": str(ports["service"]),
-            f"{prefix}METRICS_PORT": str(ports["metrics"]),
-            f"{prefix}OFFLOAD_WORKERS": "1",
-        }
+    assert observe_drain(project, shared_venv, worker_cache, tmp_path), (
+        "the service exited before Envoy marked it unhealthy: the drain delay is shorter than "
+        "Envoy's detection time (envoy.yaml's health check interval x unhealthy_threshold)"
     )
-    python = str(shared_venv / "bin" / "python")
-    service_command = [python, "-m", answers["package_name"]]
-    envoy = [tool("envoy"), "-c", str(local_config), "--disable-hot-restart", "--concurrency", "1"]
-    with (
-        process(service_command, tmp_path / "service.log", cwd=project, env=env) as service,
-        process(envoy, tmp_path / "envoy.log", cwd=tmp_path) as proxy,
-    ):
-        logs = [tmp_path / "service.log", tmp_path / "envoy.log"]
-        wait_until(
-            lambda: health_flags(ports["admin"], cluster) == "healthy", "a healthy pod", logs
-        )
-        # A request through the proxy reaches the service.
-        through_envoy = f"127.0.0.1:{ports['ingress']}"
-        if combination["transport"] == "fastapi":
-            request = urllib.request.Request(
-                f"http://{through_envoy}/v1/documents:validate",
-                data=json.dumps({"name": "Ada", "email": "ada@example.com"}).encode(),
-                headers={"content-type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert json.load(response)["valid"] is True
-        else:
-            healthcheck = [
-                python,
-                "-m",
-                f"{answers['package_name']}.healthcheck",
-                "--address",
-                through_envoy,
-            ]
-            result = run(healthcheck, cwd=project, env=env, check=False)
-            assert result.returncode == 0, result.stdout
 
-        service.send_signal(signal.SIGTERM)
-        flags = wait_until(
-            lambda: "failed_active_hc" in health_flags(ports["admin"], cluster),
-            "Envoy to notice",
-            logs,
+
+def test_drain_order_check_catches_a_missing_drain_delay(
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """Negative control: without a drain delay the service is gone before Envoy notices."""
+    project = prepared(example("kubernetes", "fastapi"))
+    assert not observe_drain(project, shared_venv, worker_cache, tmp_path, drain_delay="0")
+
+
+# --- The image, built and run with podman (where podman is installed) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def podman_env() -> dict[str, str]:
+    """The environment for podman as scripts/container-runtime.sh sets it up (idempotent)."""
+    if not shutil.which("podman"):
+        pytest.skip(
+            "podman is not installed, so the image is not built and run here; "
+            "scripts/container-runtime.sh installs it (needs root and apt)"
         )
-        assert service.poll() is None, (
-            f"the service exited before Envoy marked it unhealthy ({flags}): the drain delay is "
-            f"shorter than Envoy's detection time\n{(tmp_path / 'service.log').read_text()}"
+    output = run(["bash", REPO / "scripts" / "container-runtime.sh"], timeout=900).stdout
+    settings = dict(re.findall(r"(\w+)='([^']*)'", output))
+    assert "CONTAINER_BASE_PYTHON" in settings, output
+    return {**os.environ, **settings}
+
+
+def podman(env: dict[str, str], *args: str | Path, check: bool = True, timeout: float = 600) -> str:
+    return run(["podman", *args], env=env, check=check, timeout=timeout).stdout
+
+
+def build_image(
+    project: Path, tag: str, env: dict[str, str], dockerfile: str = "Dockerfile"
+) -> None:
+    # --format docker keeps HEALTHCHECK; the CA bundle lets pip and uv through this machine's
+    # TLS-inspecting proxy; --pull=never uses the local stand-in base image.
+    ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
+    podman(
+        env, "build", "--format", "docker", "--pull=never", "--quiet",
+        "--volume", f"{ca_bundle}:{ca_bundle}:ro", "--file", dockerfile, "--tag", tag, project,
+    )  # fmt: skip
+
+
+def stop_exit_code(env: dict[str, str], name: str, timeout: int) -> int:
+    """``podman stop`` (SIGTERM, then SIGKILL after ``timeout``) and the container's exit code."""
+    podman(env, "stop", "--time", str(timeout), name, timeout=timeout + 60)
+    return int(podman(env, "inspect", "--format", "{{.State.ExitCode}}", name).strip())
+
+
+@contextmanager
+def container(env: dict[str, str], image: str, *options: str) -> Iterator[str]:
+    """A running container of ``image``, hardened like the compose file; removed afterwards."""
+    name = f"deployment-test-{os.getpid()}-{time.monotonic_ns()}"
+    podman(
+        env, "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", *options, image,
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        podman(env, "rm", "--force", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def image_project(
+    template: Path, session_dir: Path, podman_env: dict[str, str], shared_venv: Path
+) -> Callable[[str], Path]:
+    """A project for the stand-in base image's Python, with its lock file (and gRPC stubs)."""
+
+    def get(transport: str) -> Path:
+        project = session_dir / "images" / transport
+        if not project.exists():
+            data = {
+                **example("compose", transport).data,
+                "python_version": podman_env["CONTAINER_BASE_PYTHON"],
+            }
+            render(template, project, data)
+            run(["uv", "lock", "--quiet"], cwd=project, timeout=300)
+            if (project / "scripts" / "protos.py").exists():
+                run([shared_venv / "bin" / "python", "scripts/protos.py"], cwd=project)
+        return project
+
+    return get
+
+
+@pytest.mark.parametrize("transport", ["fastapi", "grpc", "grpc_aio"])
+def test_image_builds_runs_and_stops_cleanly(
+    transport: str, image_project: Callable[[str], Path], podman_env: dict[str, str]
+) -> None:
+    """The generated Dockerfile builds; the container becomes healthy by its own HEALTHCHECK,
+    serves on its published port, and `podman stop` (SIGTERM) ends it with exit code 0."""
+    project = image_project(transport)
+    answers = answers_of(project)
+    tag = f"localhost/{answers['project_slug']}-{transport.replace('_', '-')}:test"
+    build_image(project, tag, podman_env)
+    host_port = free_port()
+    with container(
+        podman_env, tag, "--publish", f"127.0.0.1:{host_port}:{answers['port']}"
+    ) as name:
+        healthy = ["podman", "healthcheck", "run", name]
+        wait_until(
+            lambda: run(healthy, env=podman_env, check=False).returncode == 0,
+            "the image's HEALTHCHECK to pass",
+            [],
+            timeout=90,
         )
-        assert service.wait(timeout=120) == 0, (tmp_path / "service.log").read_text()
-        assert proxy.poll() is None, (tmp_path / "envoy.log").read_text()
+        if transport == "fastapi":
+            url = f"http://127.0.0.1:{host_port}/readyz"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200
+        compose = yaml.safe_load((project / "deploy/compose/compose.yaml").read_text())
+        (service,) = compose["services"].values()
+        exit_code = stop_exit_code(podman_env, name, int(seconds(service["stop_grace_period"])))
+        assert exit_code == 0, podman(podman_env, "logs", name, check=False)[-4000:]
+
+
+def test_shell_form_entrypoint_is_killed_instead_of_stopping(
+    image_project: Callable[[str], Path], podman_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Negative control: with a shell as PID 1, SIGTERM never reaches the service, and the
+    container is killed (137) at the end of the stop timeout."""
+    project = image_project("fastapi")
+    answers = answers_of(project)
+    dockerfile = tmp_path / "Dockerfile.shell-form"
+    text = (project / "Dockerfile").read_text()
+    shell_form = f"ENTRYPOINT /app/.venv/bin/python -m {answers['package_name']}"
+    dockerfile.write_text(re.sub(r"^ENTRYPOINT .*$", shell_form, text, flags=re.MULTILINE))
+    tag = f"localhost/{answers['project_slug']}-shell-form:test"
+    build_image(project, tag, podman_env, dockerfile=str(dockerfile))
+    with container(podman_env, tag) as name:
+        healthy = ["podman", "healthcheck", "run", name]
+        wait_until(
+            lambda: run(healthy, env=podman_env, check=False).returncode == 0,
+            "the image's HEALTHCHECK to pass",
+            [],
+            timeout=90,
+        )
+        assert stop_exit_code(podman_env, name, 3) == 137

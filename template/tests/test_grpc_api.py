@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+
 from conftest import ServiceProcess, service_env, wait_until
 from grpc_support import (
     FAIL_METHOD,
-    SECRET,
+    LEAK_MARKER,
     SERVICE,
     GrpcService,
     document_costing,
@@ -83,7 +84,7 @@ def test_the_request_id_is_taken_from_metadata_and_echoed(
     stub: documents_pb2_grpc.DocumentServiceStub, service: GrpcService
 ) -> None:
     response, call = stub.Ping.with_call(
-        documents_pb2.PingRequest(), metadata=[("x-request-id", "order-42.retry-1")], timeout=10
+        documents_pb2.PingRequest(), metadata=(("x-request-id", "order-42.retry-1"),), timeout=10
     )
     assert response.request_id == "order-42.retry-1"
     assert ("x-request-id", "order-42.retry-1") in call.initial_metadata()
@@ -108,7 +109,7 @@ def test_a_hostile_request_id_is_replaced_not_echoed(
     stub: documents_pb2_grpc.DocumentServiceStub, service: GrpcService, hostile: str
 ) -> None:
     response, call = stub.Ping.with_call(
-        documents_pb2.PingRequest(), metadata=[("x-request-id", hostile)], timeout=10
+        documents_pb2.PingRequest(), metadata=(("x-request-id", hostile),), timeout=10
     )
     assert FRESH_ID.fullmatch(response.request_id)
     assert ("x-request-id", response.request_id) in call.trailing_metadata()
@@ -142,7 +143,9 @@ def test_garbage_bytes_instead_of_a_message_are_invalid_argument(service: GrpcSe
     with service.channel() as channel:
         # No serializers: the bytes go on the wire as they are. 0x0a is field 1 (a string)
         # announcing more bytes than follow, so no protobuf parser accepts it.
-        raw = channel.unary_unary(f"/{SERVICE}/Validate")
+        raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{SERVICE}/Validate"
+        )
         error = rpc_error(lambda: raw(b"\x0a\xff\xff\xff\x0f garbage", timeout=10))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid message" in error.details()
@@ -181,7 +184,8 @@ def test_a_message_over_the_limit_is_resource_exhausted(
 def test_an_unknown_method_is_unimplemented(service: GrpcService) -> None:
     with service.channel() as channel:
         for method in (f"/{SERVICE}/NoSuchMethod", "/no.such.Service/Ping"):
-            error = rpc_error(lambda method=method: channel.unary_unary(method)(b"", timeout=10))
+            unknown: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+            error = rpc_error(lambda: unknown(b"", timeout=10))  # noqa: B023 - called at once
             assert error.code() is grpc.StatusCode.UNIMPLEMENTED
     still_serving(service)
 
@@ -190,14 +194,14 @@ def test_a_bug_is_internal_with_the_request_id_and_no_internals() -> None:
     service = start_failing_grpc()
     try:
         with service.channel() as channel:
-            fail = channel.unary_unary(FAIL_METHOD)
-            error = rpc_error(lambda: fail(b"", metadata=[("x-request-id", "bug-1")], timeout=10))
+            fail: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(FAIL_METHOD)
+            error = rpc_error(lambda: fail(b"", metadata=(("x-request-id", "bug-1"),), timeout=10))
         assert error.code() is grpc.StatusCode.INTERNAL
         assert "bug-1" in error.details()
-        assert SECRET not in error.details()
+        assert LEAK_MARKER not in error.details()
         assert ("x-request-id", "bug-1") in error.trailing_metadata()
         # The traceback is in the log, under the same request id, for whoever investigates.
-        line = service.process.stdout.wait_for(f'"request_id": "bug-1".*{SECRET}')
+        line = service.process.stdout.wait_for(f'"request_id": "bug-1".*{LEAK_MARKER}')
         assert json.loads(line)["status"] == "INTERNAL"
         still_serving(service)
     finally:
@@ -241,9 +245,11 @@ def test_past_max_concurrent_rpcs_the_server_answers_resource_exhausted(
         in_flight = [stub.Validate.future(heavy, timeout=60) for _ in range(2)]
         executor = _executor(service)
         wait_until(
-            lambda: service.metric("offload_in_flight", executor=executor)
-            + service.metric("offload_queued", executor=executor)
-            == 2,
+            lambda: (
+                service.metric("offload_in_flight", executor=executor)
+                + service.metric("offload_queued", executor=executor)
+                == 2
+            ),
             what="two RPCs in flight",
         )
         error = rpc_error(lambda: stub.Ping(documents_pb2.PingRequest(), timeout=10))

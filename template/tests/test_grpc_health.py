@@ -17,9 +17,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import PACKAGE, ServiceProcess, service_env, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_support import SERVICE, GrpcService, documents_pb2, documents_pb2_grpc, start_grpc
+
+from conftest import PACKAGE, ServiceProcess, service_env, wait_until
+from grpc_support import (
+    SERVICE,
+    THREADED,
+    GrpcService,
+    document_costing,
+    documents_pb2,
+    documents_pb2_grpc,
+    launch_grpc,
+    start_grpc,
+)
+
+LARGE_MESSAGES = 32 * 1024 * 1024
 
 # Python runs this at the start of every interpreter on the path. Only multiprocessing's
 # helper processes (started as ``python -c ...``) wait; the service itself runs with ``-m``.
@@ -60,7 +72,7 @@ def held_warm_up(tmp_path: Path) -> Iterator[tuple[GrpcService, Path]]:
         return started[-1]
 
     # Process workers, whatever the default: their start is the warm-up being held back.
-    yield start_grpc(start, wait=False, offload_executor="process"), gate
+    yield launch_grpc(start, offload_executor="process"), gate
     gate.touch()
     for process in started:
         process.stop()
@@ -101,7 +113,9 @@ def test_watch_sees_not_serving_when_sigterm_arrives_while_rpcs_go_on(
         def follow() -> None:
             try:
                 for response in watch:
-                    statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+                    statuses.append(
+                        health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                    )
             except grpc.RpcError:
                 pass  # cancelled by the test below
 
@@ -119,6 +133,36 @@ def test_watch_sees_not_serving_when_sigterm_arrives_while_rpcs_go_on(
         assert not service.events("grpc_server_stopping"), "the drain delay ended too soon"
         watch.cancel()
         follower.join(10)
+
+
+def test_health_is_answered_while_every_handler_is_busy(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    # Two handler threads (thread-pool server), both held by validations that take seconds.
+    threads: dict[str, object] = {"handler_threads": 2} if THREADED else {}
+    service = start_grpc(
+        start_service,
+        offload_workers=1,
+        offload_queue=1,
+        max_message_size=LARGE_MESSAGES,
+        **threads,
+    )
+    heavy = documents_pb2.ValidateRequest(document_json=document_costing(3.0))
+    with service.channel() as channel:
+        stub = documents_pb2_grpc.DocumentServiceStub(channel)
+        validations = [stub.Validate.future(heavy, timeout=120) for _ in range(2)]
+        executor = str(service.wait_event("offload_started")["executor"])
+        wait_until(
+            lambda: (
+                service.metric("offload_in_flight", executor=executor)
+                + service.metric("offload_queued", executor=executor)
+                == 2
+            ),
+            what="both validations to hold a handler",
+        )
+        assert service.health() == "SERVING"
+        assert not any(validation.done() for validation in validations)
+        assert all(validation.result().valid for validation in validations)
 
 
 def test_healthcheck_fails_when_nothing_answers(

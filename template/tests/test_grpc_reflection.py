@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 
 import grpc
 import pytest
-from conftest import ServiceProcess
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
+from conftest import ServiceProcess
 from grpc_support import GRPCURL, SERVICE, GrpcService, start_grpc
 
 HEALTH = "grpc.health.v1.Health"

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from conftest import PACKAGE, ServiceProcess, free_port, service_env, wait_until
 from http_support import HttpService, running_http
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+
 from http_support import HttpService, raw_request, response_header, running_http
 
 MAX_BODY = 4096

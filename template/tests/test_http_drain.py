@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from conftest import ServiceProcess
 from http_support import LARGE_BODY, HttpService, document_costing, start_http
 

@@ -10,8 +10,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
+
 from conftest import ServiceProcess, wait_until
-from http_support import LARGE_BODY, INTERNALS, HttpService, document_costing, running_http, start_http
+from http_support import (
+    INTERNALS,
+    LARGE_BODY,
+    HttpService,
+    document_costing,
+    running_http,
+    start_http,
+)
 
 PROBLEM = "application/problem+json"
 

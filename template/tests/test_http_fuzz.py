@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import schemathesis
-from conftest import ServiceProcess
-from http_support import start_http
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode
 from schemathesis.core.result import Err
+
+from conftest import ServiceProcess
+from http_support import start_http
 
 EXAMPLES_PER_OPERATION = 25
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
 from conftest import ServiceProcess, wait_until
 from http_support import LARGE_BODY, document_costing, start_http
 
