@@ -56,8 +56,8 @@ def main() -> int:
     heavy_document = _document_costing(documents.validate_document, args.heavy_cost)
 
     print(
-        f"| executor | heavy in flight | ping req/s | ping p50 ms | ping p99 ms | heavy done/s |"
-        f"\n|---|---|---|---|---|---|"
+        "| executor | heavy in flight | ping req/s | ping p50 ms | ping p99 ms | heavy done/s |"
+        "\n|---|---|---|---|---|---|"
     )
     for executor in args.executors.split(","):
         with _Service(args.project, package, executor, args.workers) as base_url:

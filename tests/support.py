@@ -132,7 +132,9 @@ def uv() -> str:
 @cache
 def find_python(version: str) -> str | None:
     """The interpreter for ``version`` on this machine (uv looks at PATH, pyenv, ...), or None."""
-    result = run([uv(), "python", "find", "--no-python-downloads", version], check=False)
+    # --system: not the repository's own .venv, which uv would otherwise offer first.
+    command = [uv(), "python", "find", "--system", "--no-python-downloads", version]
+    result = run(command, check=False)
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -299,5 +301,6 @@ def own_checks(venv: Path, mypy_cache: Path) -> dict[str, list[str]]:
         "ruff check": [python, "-m", "ruff", "check", "--no-cache", "."],
         "ruff format": [python, "-m", "ruff", "format", "--check", "--no-cache", "."],
         "mypy": [python, "-m", "mypy", "--cache-dir", str(mypy_cache)],
-        "pytest": [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        # -v: when a suite hangs and is killed, the last line names the test that hung.
+        "pytest": [python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=10"],
     }

@@ -16,6 +16,10 @@ schema knows about are checked (``*_problems`` functions: each returns what is w
 
 Each validator also gets a negative control: a rendered file with one deliberate mistake must
 be rejected, so a validator that silently checks nothing fails the suite.
+
+Two checks run the real thing: the generated envoy.yaml in front of the service on loopback
+(Envoy must notice a draining pod before it stops), and, where podman is installed
+(scripts/container-runtime.sh), the image built, run and stopped (exit code 0 after SIGTERM).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_installs_from_own_lock_file(
     env = tool_env(venv, mypy_cache=cache, pythonpath=None)
     failures = []
     for name, command in own_checks(venv, cache).items():
-        result = run(command, cwd=project, env=env, timeout=1200, check=False)
+        result = run(command, cwd=project, env=env, timeout=600, check=False)
         if result.returncode != 0:
             failures.append(f"--- {name} (exit {result.returncode})\n{tail(result.stdout, 60)}")
     assert not failures, f"{combination} on Python {python_version}:\n" + "\n".join(failures)

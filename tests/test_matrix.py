@@ -42,7 +42,7 @@ def test_own_test_suite(
     worker_cache: Path,
 ) -> None:
     """The generated project's pytest suite passes (real servers, real signals)."""
-    run_own_check("pytest", combination, prepared(combination), shared_venv, worker_cache, 1200)
+    run_own_check("pytest", combination, prepared(combination), shared_venv, worker_cache, 600)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import OutputLog, service_env
 
 SCENARIOS = Path(__file__).with_name("runtime_scenarios.py")

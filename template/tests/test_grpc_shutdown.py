@@ -1,7 +1,8 @@
 """Shutdown under load: SIGTERM -> NOT_SERVING -> drain delay -> stop(grace) -> exit 0.
 
-Every RPC the server received before it began to stop must complete normally; a second
-signal must end the process at once.
+Every RPC the server received before it began to stop must complete normally, open health
+Watch streams must not hold the stop for the whole grace, and a second signal must end the
+process at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ServiceProcess, wait_until
 from grpc_support import (
@@ -83,6 +85,22 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
     assert max(finished_at) > stopping.timestamp(), "nothing was in flight when the server stopped"
     assert service.events("grpc_server_stopped")
     assert not service.events("shutdown_incomplete")
+
+
+def test_open_watch_streams_end_when_the_server_stops(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    # Clients with client-side health checking keep a Watch stream open; stop(grace) would
+    # wait for it until the grace is over (here: far longer than the test waits).
+    service = start_grpc(start_service, drain_delay=1, shutdown_grace=600)
+    with service.channel() as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        service.process.signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert list(watch) == []  # the stream ends when the server stops ...
+        assert watch.code() is grpc.StatusCode.OK  # ... normally, not cut off
+    assert service.process.wait_exit(60) == 0
 
 
 def test_a_second_signal_exits_at_once(start_service: Callable[..., ServiceProcess]) -> None:

@@ -32,7 +32,7 @@ def test_a_full_offload_pool_answers_503_with_retry_after(
     )
     executor = service.wait_event("offload_started")["executor"]
     with ThreadPoolExecutor(1) as pool, service.client() as client:
-        heavy = _post_in_background(pool, service, document_costing(1.5))
+        heavy = _post_in_background(pool, service, document_costing(1.0))
         wait_until(
             lambda: service.metric("offload_in_flight", executor=executor) == 1,
             what="the heavy validation to occupy the only worker",
@@ -77,7 +77,7 @@ def test_a_crashed_worker_process_is_500_and_the_next_call_succeeds(
     )
     (worker_pid,) = service.wait_event("offload_started")["worker_pids"]
     with ThreadPoolExecutor(1) as pool, service.client() as client:
-        heavy = _post_in_background(pool, service, document_costing(5.0))
+        heavy = _post_in_background(pool, service, document_costing(2.0))
         wait_until(
             lambda: service.metric("offload_in_flight", executor="process") == 1,
             what="the validation to reach the worker",

@@ -16,7 +16,7 @@ from http_support import LARGE_BODY, document_costing, start_http
 def test_light_requests_answer_while_a_heavy_validation_runs(
     start_service: Callable[..., ServiceProcess], executor: str
 ) -> None:
-    document = document_costing(2.0)
+    document = document_costing(1.0)
     service = start_http(start_service, offload_executor=executor, max_body_size=LARGE_BODY)
 
     def validate() -> httpx.Response:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from runtime_support import Scenario, dump_section
 
 FUNCTIONS = {

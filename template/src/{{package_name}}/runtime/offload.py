@@ -200,17 +200,21 @@ class Offloader:
                 return
             self._closed = True
             self._accepting = False
-            cancelled = 0
+            dropped: list[_Call] = []
             while True:
                 try:
                     call = self._pending.get_nowait()
                 except queue.Empty:
                     break
-                if call is not None and call.future.set_running_or_notify_cancel():
-                    call.future.set_exception(OffloadRejected("the service is shutting down"))
-                    cancelled += 1
+                if call is not None:
+                    dropped.append(call)
             for _ in self._threads:
                 self._pending.put(None)
+        cancelled = 0
+        for call in dropped:  # outside the lock: completing a call takes it
+            if call.future.set_running_or_notify_cancel():
+                call.future.set_exception(OffloadRejected("the service is shutting down"))
+                cancelled += 1
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -496,7 +500,12 @@ class _ProcessWorker:
                 "was killed and replaced"
             )
         )
-        log.warning("offload_worker_timed_out", function=call.label, pid=process.pid, **call.request_values())
+        log.warning(
+            "offload_worker_timed_out",
+            function=call.label,
+            pid=process.pid,
+            **call.request_values(),
+        )
         self.replace("timeout")
 
     def _send(self, conn: multiprocessing.connection.Connection, call: _Call) -> bool:

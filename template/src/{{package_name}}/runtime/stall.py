@@ -284,9 +284,9 @@ class StallWatchdog:
         """Whether the watchdog thread was starved of the GIL between ``start`` and ``end``."""
         with self._lock:
             starved = self._last_starved
-        if self._thread is not None and self._dump_fd is not None:
-            if end - self._last_tick > self.dump_after:
-                return True  # still starved a moment ago: it has not even woken up yet
+        watching = self._thread is not None and self._dump_fd is not None
+        if watching and end - self._last_tick > self.dump_after:
+            return True  # still starved a moment ago: it has not even woken up yet
         return starved is not None and starved[0] < end and starved[1] > start
 
     def _stall_ended(self, unit: _Unit, duration: float, stack: list[str] | None) -> None:

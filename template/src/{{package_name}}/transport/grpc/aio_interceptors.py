@@ -3,11 +3,11 @@
 Each RPC runs as its own asyncio task; the wrapper around the method's handler, in order:
 
 1. takes the request id from ``x-request-id`` metadata (or makes one) and sends it back in
-   the initial and trailing metadata;
+   the trailing metadata (streamed responses: in the initial metadata too);
 2. binds it (and a W3C ``traceparent``) for every log line the handler and its offloaded work
    write (the stall watchdog also names the request id of the task that blocks the loop);
-3. turns an exception into a status (``errors.py``): the client gets a useful message, never
-   internals, and the server carries on;
+3. turns an exception, or a request message that cannot be parsed, into a status
+   (``errors.py``): the client gets a useful message, never internals, and the server carries on;
 4. writes one access log line and observes ``request_duration_seconds``.
 
 Stalls are watched for the whole event loop (``StallWatchdog.watch_loop``), not per RPC.
@@ -62,9 +62,9 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
         handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
     )
     wrapped: Any = (
-        _streaming(behavior, method)
+        _async_generator(behavior, method)
         if inspect.isasyncgenfunction(behavior)
-        else _unary(behavior, method)
+        else _coroutine(behavior, method, streamed=handler.response_streaming)
     )
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(wrapped, **codec)
@@ -75,9 +75,11 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
     return grpc.stream_stream_rpc_method_handler(wrapped, **codec)
 
 
-def _unary(behavior: Behavior, method: str) -> Behavior:
+def _coroutine(behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
     async def handle(request: Any, context: Context) -> Any:
-        call = await _begin(method, context)
+        call = _begin(method, context)
+        if streamed:  # the handler calls context.write(): send the id ahead of the messages
+            await context.send_initial_metadata(call.response_metadata)
         with call.scope():
             if request is UNDECODABLE:
                 await _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
@@ -94,9 +96,10 @@ def _unary(behavior: Behavior, method: str) -> Behavior:
     return handle
 
 
-def _streaming(behavior: StreamBehavior, method: str) -> StreamBehavior:
+def _async_generator(behavior: StreamBehavior, method: str) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-        call = await _begin(method, context)
+        call = _begin(method, context)
+        await context.send_initial_metadata(call.response_metadata)  # before the first message
         with call.scope():
             if request is UNDECODABLE:
                 await _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
@@ -113,9 +116,10 @@ def _streaming(behavior: StreamBehavior, method: str) -> StreamBehavior:
     return handle
 
 
-async def _begin(method: str, context: Context) -> Call:
+def _begin(method: str, context: Context) -> Call:
     call = Call.begin(method, context.invocation_metadata(), context.peer())
-    await context.send_initial_metadata(call.response_metadata)
+    # Trailing metadata reaches every client; sending initial metadata on its own would cost
+    # an extra round of work per RPC (a quarter more CPU for a light unary RPC).
     context.set_trailing_metadata(call.response_metadata)
     return call
 

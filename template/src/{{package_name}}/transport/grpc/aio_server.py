@@ -73,6 +73,7 @@ async def serve(settings: GrpcSettings) -> None:
 
     deadline = time.monotonic() + settings.shutdown_grace
     log.info("grpc_server_stopping", grace=settings.shutdown_grace)
+    health.end_watches()  # they have reported NOT_SERVING; open, they would hold stop()
     await server.stop(settings.shutdown_grace)
     log.info("grpc_server_stopped")
     await runtime.shutdown_async(max(0.1, deadline - time.monotonic()))

@@ -97,7 +97,7 @@ class Call:
 
     @property
     def response_metadata(self) -> tuple[tuple[str, str]]:
-        """Sent back as initial and trailing metadata, so every client can read it."""
+        """What the server sends back: the request id it used."""
         return ((REQUEST_ID_KEY, self.request_id),)
 
     @contextmanager

@@ -73,6 +73,7 @@ def main() -> None:
 
     deadline = time.monotonic() + settings.shutdown_grace
     log.info("grpc_server_stopping", grace=settings.shutdown_grace)
+    health.end_watches()  # they have reported NOT_SERVING; open, they would hold stop()
     server.stop(settings.shutdown_grace).wait()
     log.info("grpc_server_stopped")
     runtime.shutdown(_remaining(deadline))

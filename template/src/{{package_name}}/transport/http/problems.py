@@ -23,9 +23,6 @@ from ...runtime.offload import OffloadRejected, OffloadTimeout
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_SCHEMA = {"$ref": "#/components/schemas/ProblemDetails"}
 
-# Seconds a client is told to wait after the offload pool turned it away.
-RETRY_AFTER_SECONDS = 1
-
 
 class InvalidParam(BaseModel):
     """One reason a request was refused as invalid."""
@@ -53,6 +50,8 @@ class ProblemDetails(BaseModel):
 
 
 class ProblemResponse(JSONResponse):
+    """A JSON response with the problem details media type."""
+
     media_type = PROBLEM_MEDIA_TYPE
 
 
@@ -65,7 +64,7 @@ def problem_response(
 ) -> ProblemResponse:
     """A problem+json response for ``status``, naming the current request's id."""
     problem = ProblemDetails(
-        title=HTTPStatus(status).phrase,
+        title=_phrase(status),
         status=status,
         detail=detail,
         request_id=current_request_id(),
@@ -77,8 +76,7 @@ def problem_response(
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for routes that can answer with these error statuses."""
     return {
-        status: {"model": ProblemDetails, "description": HTTPStatus(status).phrase}
-        for status in statuses
+        status: {"model": ProblemDetails, "description": _phrase(status)} for status in statuses
     }
 
 
@@ -92,7 +90,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, HTTPException)
-    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    detail: str | None = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if detail == _phrase(exc.status_code):
+        detail = None  # starlette's default detail: the title says it already
     return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
@@ -112,11 +112,12 @@ def _invalid_param(error: dict[str, Any]) -> InvalidParam:
     return InvalidParam(location=location, message=message, type=str(error.get("type", "")))
 
 
-async def _overloaded(_request: Request, _exc: Exception) -> ProblemResponse:
+async def _overloaded(_request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, OffloadRejected)
     return problem_response(
         503,
         "The service is at capacity. Retry after the time in the Retry-After header.",
-        headers={"retry-after": str(RETRY_AFTER_SECONDS)},
+        headers={"retry-after": str(exc.retry_after)},
     )
 
 
@@ -145,7 +146,14 @@ def document_problems(schema: dict[str, Any]) -> None:
             if "requestBody" in operation:
                 statuses += [400, 413, 422]
             for status in statuses:
-                responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
+                responses.setdefault(str(status), {"description": _phrase(status)})
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status code the standard library does not know
+        return "Error"
