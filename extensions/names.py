@@ -120,6 +120,14 @@ def package_name_problem(value: str) -> str:
     return ""
 
 
+def description_problem(value: str) -> str:
+    if not value.strip():
+        return "The description must not be empty: write one sentence saying what the service does."
+    if "\n" in value.strip() or "\r" in value:
+        return "The description must be one line: one sentence saying what the service does."
+    return ""
+
+
 def email_problem(value: str) -> str:
     if EMAIL_RE.fullmatch(value):
         return ""
@@ -213,6 +221,7 @@ class NamesExtension(Extension):
             project_name_problem=project_name_problem,
             slug_problem=slug_problem,
             package_name_problem=package_name_problem,
+            description_problem=description_problem,
             email_problem=email_problem,
             port_problem=port_problem,
             range_problem=range_problem,

@@ -48,7 +48,7 @@ import yaml
 from botocore.validate import ParamValidator
 from combinations import REPO, Combination, combinations, default
 from hygiene import load_yaml_documents
-from support import render, run, tool_env
+from support import CACHE, locked, once, render, run, tool_env
 
 COMBINATIONS = combinations()
 KUBERNETES_VERSION = "1.30.0"
@@ -803,9 +803,16 @@ def test_drain_order_check_catches_a_missing_drain_delay(
 # --- The image, built and run with podman (where podman is installed) ----------------------------
 
 
+PODMAN_LOCK = CACHE.parent / "podman" / "tests.lock"
+
+
 @pytest.fixture(scope="session")
-def podman_env() -> dict[str, str]:
-    """The environment for podman as scripts/container-runtime.sh sets it up (idempotent)."""
+def podman_env() -> Iterator[dict[str, str]]:
+    """The environment for podman as scripts/container-runtime.sh sets it up (idempotent).
+
+    Its storage is the project's own (build/podman/), so the images that earlier runs left
+    behind are pruned at the end.
+    """
     if not shutil.which("podman"):
         pytest.skip(
             "podman is not installed, so the image is not built and run here; "
@@ -814,7 +821,10 @@ def podman_env() -> dict[str, str]:
     output = run(["bash", REPO / "scripts" / "container-runtime.sh"], timeout=900).stdout
     settings = dict(re.findall(r"(\w+)='([^']*)'", output))
     assert "CONTAINER_BASE_PYTHON" in settings, output
-    return {**os.environ, **settings}
+    env = {**os.environ, **settings}
+    yield env
+    with locked(PODMAN_LOCK):
+        podman(env, "image", "prune", "--force", check=False)
 
 
 def podman(env: dict[str, str], *args: str | Path, check: bool = True, timeout: float = 600) -> str:
@@ -827,10 +837,11 @@ def build_image(
     # --format docker keeps HEALTHCHECK; the CA bundle lets pip and uv through this machine's
     # TLS-inspecting proxy; --pull=never uses the local stand-in base image.
     ca_bundle = "/etc/ssl/certs/ca-certificates.crt"
-    podman(
-        env, "build", "--format", "docker", "--pull=never", "--quiet",
-        "--volume", f"{ca_bundle}:{ca_bundle}:ro", "--file", dockerfile, "--tag", tag, project,
-    )  # fmt: skip
+    with locked(PODMAN_LOCK):  # one build at a time, and never during a prune
+        podman(
+            env, "build", "--format", "docker", "--pull=never", "--quiet",
+            "--volume", f"{ca_bundle}:{ca_bundle}:ro", "--file", dockerfile, "--tag", tag, project,
+        )  # fmt: skip
 
 
 def stop_exit_code(env: dict[str, str], name: str, timeout: int) -> int:
@@ -861,7 +872,8 @@ def image_project(
 
     def get(transport: str) -> Path:
         project = session_dir / "images" / transport
-        if not project.exists():
+
+        def build() -> None:
             data = {
                 **example("compose", transport).data,
                 "python_version": podman_env["CONTAINER_BASE_PYTHON"],
@@ -870,6 +882,8 @@ def image_project(
             run(["uv", "lock", "--quiet"], cwd=project, timeout=300)
             if (project / "scripts" / "protos.py").exists():
                 run([shared_venv / "bin" / "python", "scripts/protos.py"], cwd=project)
+
+        once(session_dir / "images" / f"{transport}.rendered", build)
         return project
 
     return get

@@ -120,6 +120,18 @@ REFUSALS = [
         for module in ("grpc", "json", "test", "logging", "fastapi")
     ],
     pytest.param(
+        {"description": ""},
+        ["description must not be empty"],
+        ["one sentence"],
+        id="description-empty",
+    ),
+    pytest.param(
+        {"description": "First line.\nSecond line."},
+        ["description must be one line"],
+        ["one sentence"],
+        id="description-two-lines",
+    ),
+    pytest.param(
         {"author_email": "jane"},
         ["e-mail address 'jane' is not valid"],
         ["jane@example.com"],

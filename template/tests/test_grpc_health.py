@@ -86,9 +86,10 @@ def test_not_serving_until_warm_up_is_done_then_serving(
     assert service.health() == "NOT_SERVING"
     assert service.health(SERVICE) == "NOT_SERVING"
     assert service.health("no.such.Service") == "NOT_FOUND"
+    assert service.health("liveness") == "SERVING"  # alive, though not ready
     probe = healthcheck(service)
     assert probe.returncode == 1
-    assert "NOT_SERVING" in probe.stdout
+    assert probe.stdout.strip().endswith(": NOT_SERVING")
     assert not service.events("service_ready"), "warm-up finished while it was held back"
 
     gate.touch()
@@ -97,7 +98,7 @@ def test_not_serving_until_warm_up_is_done_then_serving(
     assert service.events("service_ready")
     probe = healthcheck(service)
     assert probe.returncode == 0, probe.stderr
-    assert "SERVING" in probe.stdout
+    assert probe.stdout.strip().endswith(": SERVING")
 
 
 def test_watch_sees_not_serving_when_sigterm_arrives_while_rpcs_go_on(
@@ -127,6 +128,7 @@ def test_watch_sees_not_serving_when_sigterm_arrives_while_rpcs_go_on(
         wait_until(lambda: statuses == ["SERVING", "NOT_SERVING"], what="NOT_SERVING on SIGTERM")
         # Not ready, but still serving until the drain delay is over.
         assert service.health(SERVICE) == "NOT_SERVING"
+        assert service.health("liveness") == "NOT_SERVING"
         assert healthcheck(service).returncode == 1
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
         assert stub.Ping(documents_pb2.PingRequest(), timeout=10).request_id

@@ -94,7 +94,8 @@ def test_open_watch_streams_end_when_the_server_stops(
     # wait for it until the grace is over (here: far longer than the test waits).
     service = start_grpc(start_service, drain_delay=1, shutdown_grace=600)
     with service.channel() as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        request = health_pb2.HealthCheckRequest()
+        watch = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         service.process.signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -5,8 +5,11 @@ done, SERVING after, and NOT_SERVING from the moment shutdown starts, for good: 
 ignores any later change. grpcio's servicers begin with ``""`` SERVING, so NOT_SERVING is set
 before the server accepts its first connection.
 
-This is readiness. Kubernetes (``grpc:`` probes), Envoy (``grpc_health_check``), ECS/ALB and
-``python -m <package>.healthcheck`` all ask Check for ``""`` or a service name; clients with
+That is readiness: Kubernetes (``grpc:`` probes), Envoy (``grpc_health_check``), ECS/ALB and
+``python -m <package>.healthcheck`` ask Check for ``""`` or a service name. Liveness has a
+name of its own, ``liveness``: SERVING from the start, also during warm-up, so a liveness
+probe never restarts a process that is merely not ready (NOT_SERVING only once shutdown
+starts, when Kubernetes no longer acts on liveness failures). Clients with
 gRPC client-side health checking keep a Watch stream open instead. Those streams never end
 on their own, and ``server.stop(grace)`` waits for every open RPC: ``end_watches()`` closes
 them once they have reported NOT_SERVING, so that they do not hold the shutdown for the
@@ -27,6 +30,7 @@ from grpc_health.v1 import health, health_pb2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_NAME: str = health.SERVICE_NAME
+LIVENESS = "liveness"
 
 
 def _names(services: Sequence[str]) -> tuple[str, ...]:
@@ -57,6 +61,7 @@ class SyncHealth:
         self._checks = ThreadPoolExecutor(2, thread_name_prefix="grpc-health")
         self._watches = _EndableWatches(self._servicer.Watch)
         self._set_all(NOT_SERVING)
+        self._servicer.set(LIVENESS, SERVING)
 
     def add_to(self, server: grpc.Server) -> None:
         _add(server, _OnOwnThreads(self._servicer.Check, self._checks), self._watches)
@@ -152,6 +157,7 @@ class AioHealth:
 
     async def not_serving(self) -> None:
         await self._set_all(NOT_SERVING)
+        await self._servicer.set(LIVENESS, SERVING)
 
     async def serving(self) -> None:
         await self._set_all(SERVING)
