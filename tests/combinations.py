@@ -75,6 +75,10 @@ class Combination:
     def data(self) -> dict[str, str]:
         return dict(self.answers)
 
+    def indices(self) -> tuple[int, ...]:
+        """The position of each answer in its axis, e.g. (0, 1, 2)."""
+        return tuple(axes()[name].index(value) for name, value in self.answers)
+
     def __getitem__(self, name: str) -> str:
         return self.data[name]
 

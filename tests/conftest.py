@@ -56,9 +56,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
 
-    def rank(item: pytest.Item) -> int:
+    def rank(item: pytest.Item) -> tuple[int, tuple[int, ...]]:
         name = getattr(item, "originalname", item.name)
-        return ORDER.index(name) if name in ORDER else len(ORDER)
+        combination = getattr(item, "callspec", None) and item.callspec.params.get("combination")
+        # Within one test, vary the first axes first and the last (deployment) last: combinations
+        # that share a run of the suite (see test_matrix.py) then come after the one that runs it.
+        spread = tuple(reversed(combination.indices())) if combination else ()
+        return (ORDER.index(name) if name in ORDER else len(ORDER), spread)
 
     items.sort(key=rank)
 
@@ -82,9 +86,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for report in _reports:
         combination = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
         per_combination[combination] = per_combination.get(combination, 0.0) + report.duration
+    runs: dict[str, list[str]] = {}
+    for report in _reports:
+        ran_in = dict(report.user_properties).get("ran_in")
+        if "test_own_test_suite" in report.nodeid and ran_in:
+            runs.setdefault(str(ran_in), []).append(report.nodeid.rsplit("[", 1)[-1].rstrip("]"))
     terminalreporter.write_sep("-", "matrix timing")
     for combination, seconds in sorted(per_combination.items()):
         terminalreporter.write_line(f"{combination:40} {seconds:7.1f} s of checks")
+    for ran_in, sharing in sorted(runs.items()):
+        others = sorted(set(sharing) - {ran_in})
+        if others:
+            terminalreporter.write_line(f"suite of {ran_in} also stands for {', '.join(others)}")
     terminalreporter.write_line(
         f"matrix wall time: {wall:.1f} s for {len(per_combination)} combinations "
         f"({len(_reports)} checks)"
@@ -98,6 +111,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 "wall_seconds": round(wall, 1),
                 "checks": len(_reports),
                 "seconds_per_combination": {k: round(v, 1) for k, v in per_combination.items()},
+                "suite_runs": {ran_in: sorted(sharing) for ran_in, sharing in runs.items()},
             },
             indent=2,
         )

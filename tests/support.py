@@ -220,6 +220,43 @@ def manifest_of(project: Path) -> Path:
     return project.with_name(project.name + ".files.json")
 
 
+# What a project's pytest suite and mypy read: its code, tests, tools and configuration.
+CHECK_INPUTS = ("pyproject.toml", "src/", "tests/", "scripts/", "proto/")
+
+
+def check_inputs_fingerprint(project: Path) -> str:
+    """A hash of every rendered file the project's pytest suite and mypy can depend on.
+
+    Two combinations with the same fingerprint (typically ones that differ only in deployment
+    files) give the same results, so their suites run once. Any other rendered file whose name
+    the code or tests mention (a test that reads the Dockerfile, say) is included too, so a
+    dependency on it splits the fingerprint instead of being missed.
+    """
+    files = rendered_files(project)
+    inputs = [file for file in files if str(file).startswith(CHECK_INPUTS)]
+    code = "\n".join(
+        (project / file).read_text(encoding="utf-8", errors="replace")
+        for file in inputs
+        if file.suffix == ".py"
+    )
+    inputs += [file for file in files if file not in inputs and file.name in code]
+    digest = hashlib.sha256()
+    for file in sorted(inputs):
+        digest.update(str(file).encode() + b"\0" + (project / file).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def shared_outcome(record: Path, compute: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """``compute()`` once per ``record`` across workers; later callers read the recorded outcome."""
+    with locked(record.with_name(record.name + ".lock")):
+        if record.exists():
+            outcome: dict[str, object] = json.loads(record.read_text(encoding="utf-8"))
+            return outcome
+        outcome = compute()
+        record.write_text(json.dumps(outcome), encoding="utf-8")
+        return outcome
+
+
 # --- Dependency environments -------------------------------------------------------------------
 
 

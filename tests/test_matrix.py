@@ -3,6 +3,8 @@
 The combinations are the product of copier.yml's choice questions (tests/combinations.py). All of
 them run on one shared environment (see conftest.py's ``shared_venv``) with the source tree on
 PYTHONPATH; tests/test_lockfile.py proves separately that a project installs from its own lock.
+The pytest suite and mypy run once per distinct set of inputs: combinations whose code, tests and
+configuration are byte-identical (they differ only in deployment files) share that run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import pytest
 import yaml
 from combinations import Combination, combinations
 from hygiene import all_problems
-from support import own_checks, rendered_files, run, tail, tool_env
+from support import (
+    check_inputs_fingerprint,
+    own_checks,
+    rendered_files,
+    run,
+    shared_outcome,
+    tail,
+    tool_env,
+)
 
 pytestmark = pytest.mark.matrix
 
@@ -34,15 +44,55 @@ def run_own_check(
     )
 
 
+def run_shared_check(
+    name: str,
+    combination: Combination,
+    project: Path,
+    venv: Path,
+    cache: Path,
+    timeout: float,
+    results: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """Like ``run_own_check``, but combinations with identical inputs share one run.
+
+    Combinations that differ only in files the check cannot read (deployment manifests) would
+    give the same result; the first one to get here runs the check, the others report its result.
+    """
+    fingerprint = check_inputs_fingerprint(project)
+
+    def compute() -> dict[str, object]:
+        command = own_checks(venv, cache)[name]
+        env = tool_env(venv, mypy_cache=cache)
+        result = run(command, cwd=project, env=env, timeout=timeout, check=False)
+        return {"ran_in": combination.id, "status": result.returncode, "output": result.stdout}
+
+    results.mkdir(parents=True, exist_ok=True)
+    outcome = shared_outcome(results / f"{name}-{fingerprint}.json", compute)
+    record_property("ran_in", outcome["ran_in"])
+    shared = "" if outcome["ran_in"] == combination.id else f" (run in {outcome['ran_in']}, "
+    shared += "whose inputs are identical)" if shared else ""
+    assert outcome["status"] == 0, (
+        f"{name} failed for {combination}{shared} (exit {outcome['status']}) in "
+        f"{project.parent / str(outcome['ran_in'])}:\n{tail(str(outcome['output']), 120)}"
+    )
+
+
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
 def test_own_test_suite(
     combination: Combination,
     prepared: Callable[[Combination], Path],
     shared_venv: Path,
     worker_cache: Path,
+    session_dir: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """The generated project's pytest suite passes (real servers, real signals)."""
-    run_own_check("pytest", combination, prepared(combination), shared_venv, worker_cache, 600)
+    project = prepared(combination)
+    results = session_dir / "results"
+    run_shared_check(
+        "pytest", combination, project, shared_venv, worker_cache, 600, results, record_property
+    )
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
@@ -51,9 +101,15 @@ def test_mypy(
     prepared: Callable[[Combination], Path],
     shared_venv: Path,
     worker_cache: Path,
+    session_dir: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """``mypy`` with the project's configuration (strict) finds nothing."""
-    run_own_check("mypy", combination, prepared(combination), shared_venv, worker_cache, 600)
+    project = prepared(combination)
+    results = session_dir / "results"
+    run_shared_check(
+        "mypy", combination, project, shared_venv, worker_cache, 600, results, record_property
+    )
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)

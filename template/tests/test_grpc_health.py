@@ -95,7 +95,7 @@ def test_not_serving_until_warm_up_is_done_then_serving(
     gate.touch()
     wait_until(lambda: service.health() == "SERVING", 60, "SERVING after warm-up")
     assert service.health(SERVICE) == "SERVING"
-    assert service.events("service_ready")
+    service.wait_event("service_ready")
     probe = healthcheck(service)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip().endswith(": SERVING")

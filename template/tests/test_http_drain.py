@@ -5,6 +5,7 @@ request already accepted, exit 0. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import pytest
 from conftest import ServiceProcess
 from http_support import LARGE_BODY, HttpService, document_costing, start_http
 
-DRAIN_DELAY = 3.0
+DRAIN_DELAY = 4.0
 GRACE = 60
 WORKERS = 2
 PINGERS = 10  # clients sending light requests, each every few milliseconds
@@ -96,6 +97,9 @@ def test_a_second_signal_exits_at_once(start_service: Callable[..., ServiceProce
 
 async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) -> Observed:
     observed = Observed()
+    not_ready = asyncio.Event()  # /readyz answered 503
+    served_while_not_ready = asyncio.Event()  # and pings sent after that were answered
+    answered_while_not_ready: list[int] = []
     stop_pinging = asyncio.Event()
     limits = httpx.Limits(max_connections=PINGERS + VALIDATIONS + 10)
     async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
@@ -110,7 +114,12 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
 
         async def ping_until_stopped() -> None:
             while not stop_pinging.is_set():
+                sent_while_not_ready = not_ready.is_set()
                 await call("ping", "GET", "/v1/ping")
+                if sent_while_not_ready:
+                    answered_while_not_ready.append(1)
+                    if len(answered_while_not_ready) >= PINGERS:
+                        served_while_not_ready.set()
                 await asyncio.sleep(0.02)
 
         async def all_validations_accepted() -> None:
@@ -131,6 +140,7 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
                 status = (await client.get("/readyz")).status_code
                 observed.readiness.append(status)
                 if status == 503:
+                    not_ready.set()
                     return
                 await asyncio.sleep(0.01)
 
@@ -142,12 +152,13 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
         await all_validations_accepted()  # every validation is queued or running in the service
         observed.readiness.append((await client.get("/readyz")).status_code)
         service.process.signal(signal.SIGTERM)
-        watcher = asyncio.create_task(watch_readiness())
-        # Light traffic goes on for a while, then stops well before the drain delay ends:
+        await watch_readiness()
+        # Light traffic goes on while not ready, then stops well before the drain delay ends:
         # every request is sent while the service still accepts connections.
-        await asyncio.sleep(DRAIN_DELAY / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(served_while_not_ready.wait(), DRAIN_DELAY / 2)
         stop_pinging.set()
-        await asyncio.gather(watcher, *pingers, *heavy)
+        await asyncio.gather(*pingers, *heavy)
     return observed
 
 

@@ -5,8 +5,8 @@ watchdog and offload pool. A transport's server module wires its server around i
 
     runtime = Runtime(settings)
     runtime.install_signal_handlers(loop)   # first SIGTERM/SIGINT: drain; second: exit now
-    await runtime.start_async()             # watchdog, offload warm-up, then SERVING (ready)
-    ... start the server ...
+    ... start the server: it listens, so liveness answers during warm-up ...
+    await runtime.start_async()             # watch the loop, warm up, then SERVING (ready)
     await runtime.wait_for_shutdown_async() # DRAINING: readiness is already false
     await asyncio.sleep(settings.drain_delay)
     ... stop the server, letting in-flight requests finish within settings.shutdown_grace ...

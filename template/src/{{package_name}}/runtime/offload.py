@@ -169,10 +169,15 @@ class Offloader:
             self._processes = [
                 _ProcessWorker(self, index, mp_context) for index in range(self.workers)
             ]
-            for worker in self._processes:
-                worker.launch()
-            for worker in self._processes:
-                worker.await_ready(self._start_timeout)
+            try:
+                for worker in self._processes:
+                    worker.launch()
+                for worker in self._processes:
+                    worker.await_ready(self._start_timeout)
+            except BaseException:
+                for worker in self._processes:
+                    worker.kill()
+                raise
             targets = [worker.serve for worker in self._processes]
         else:
             targets = [self._serve_thread] * self.workers
@@ -219,10 +224,11 @@ class Offloader:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         abandoned = [thread.name for thread in self._threads if thread.is_alive()]
-        for worker in self._processes:
-            worker.stop_process()  # only workers still busy past the grace are alive here
-        for thread in self._threads:
-            thread.join(5.0)
+        if self._processes:
+            for worker in self._processes:
+                worker.stop_process()  # only workers still busy past the grace are alive here
+            for thread in self._threads:
+                thread.join(5.0)  # its feeder fails the call it held, then ends
         log.info(
             "offload_stopped",
             executor=self.executor,
@@ -392,6 +398,8 @@ def _process_context() -> BaseContext:
 def _exit_description(exitcode: int | None) -> str:
     if exitcode is None:
         return "vanished"
+    if exitcode == -signal.SIGKILL:
+        return "was killed by SIGKILL (the OOM killer sends it too)"
     if exitcode < 0:
         try:
             return f"was killed by {signal.Signals(-exitcode).name}"
@@ -436,11 +444,13 @@ class _ProcessWorker:
                     return
             except (EOFError, OSError):
                 pass
+        if self._process.is_alive():
+            problem = f"did not answer within {timeout} s"
+        else:
+            self._process.join(1.0)
+            problem = _exit_description(self._process.exitcode)
         self.kill()
-        raise RuntimeError(
-            f"offload worker {self._index} did not start within {timeout} s "
-            f"(it {_exit_description(self._process.exitcode)})"
-        )
+        raise RuntimeError(f"offload worker {self._index} {problem} while starting")
 
     def replace(self, reason: str) -> None:
         self.kill()
@@ -494,10 +504,11 @@ class _ProcessWorker:
         if ready:
             self._crashed(process, call)
             return
+        self.kill()  # past its deadline: the only way to stop running Python code
         call.future.set_exception(
             OffloadTimeout(
                 f"{call.label} did not finish in time; its worker process (pid {process.pid}) "
-                "was killed and replaced"
+                "was killed and is being replaced"
             )
         )
         log.warning(
@@ -550,7 +561,7 @@ class _ProcessWorker:
         else:
             message = (
                 f"the offload worker process (pid {process.pid}) {description} while running "
-                f"{call.label}; it has been replaced"
+                f"{call.label}; it is being replaced"
             )
             log.error(
                 "offload_worker_crashed",

@@ -129,6 +129,7 @@ class StallWatchdog:
         if self._use_faulthandler:
             self._dump_fd = self._find_dump_fd()
         self._stopping.clear()
+        self._last_tick = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
         self._thread.start()
         log.info(
@@ -226,7 +227,6 @@ class StallWatchdog:
 
     def _run(self) -> None:
         self._arm()
-        self._last_tick = time.monotonic()
         while not self._stopping.wait(self.tick):
             self._arm()
             now = time.monotonic()
@@ -247,13 +247,15 @@ class StallWatchdog:
 
     def _check(self, now: float) -> None:
         with self._lock:
-            units = [self._loop_unit, *self._handlers]
+            loop = self._loop
+            units: list[_Unit | None] = [*self._handlers]
+            if loop is not None and loop.is_running():  # a loop that has ended is not stalled
+                units.append(self._loop_unit)
             due = [
                 (unit, unit.generation)
                 for unit in units
                 if unit is not None and not unit.reported and now - unit.since > self.threshold
             ]
-            loop = self._loop
         if not due:
             return
         frames = sys._current_frames()
