@@ -17,12 +17,12 @@ import pytest
 from conftest import ServiceProcess
 from http_support import LARGE_BODY, HttpService, document_costing, start_http
 
-DRAIN_DELAY = 4.0
+DRAIN_DELAY = 3.0
 GRACE = 60
-WORKERS = 2
 PINGERS = 10  # clients sending light requests, each every few milliseconds
-VALIDATIONS = 300  # heavy requests, all in flight when SIGTERM arrives
-VALIDATION_COST = 0.04  # seconds of CPU each: together they far outlast the drain delay
+VALIDATIONS = 300  # validations in flight when SIGTERM arrives, queued for one worker
+VALIDATION_COST = 0.01  # seconds of CPU each
+LAST_COST = 2 * DRAIN_DELAY  # the last validation is still running when the drain delay ends
 
 
 @dataclass
@@ -43,13 +43,14 @@ def test_sigterm_under_load_drops_no_request(start_service: Callable[..., Servic
         start_service,
         drain_delay=DRAIN_DELAY,
         shutdown_grace=GRACE,
-        offload_workers=WORKERS,
-        offload_queue=VALIDATIONS + PINGERS,
+        offload_workers=1,
+        offload_queue=VALIDATIONS + 1,
         stall_threshold=1.0,
         max_body_size=LARGE_BODY,
         log_level="debug",  # probes are logged at debug level
     )
-    observed = asyncio.run(_load_through_sigterm(service, document_costing(VALIDATION_COST)))
+    documents = document_costing(VALIDATION_COST), document_costing(LAST_COST)
+    observed = asyncio.run(_load_through_sigterm(service, *documents))
 
     # Readiness turned 503 first, while everything else was still being served: in the
     # service's own access log, pings answered 200 after /readyz answered 503.
@@ -62,7 +63,7 @@ def test_sigterm_under_load_drops_no_request(start_service: Callable[..., Servic
     # Every request (all were sent well before the drain delay ended) completed with 2xx.
     failures = [c for c in observed.calls if c.status is None or not 200 <= c.status < 300]
     assert not failures, f"{len(failures)} requests failed, e.g. {failures[:3]}"
-    assert sum(c.kind == "validate" for c in observed.calls) == VALIDATIONS
+    assert sum(c.kind == "validate" for c in observed.calls) == VALIDATIONS + 1
 
     assert service.process.wait_exit(GRACE) == 0
     # The drain happened in order, and requests were still in flight when listening stopped.
@@ -95,11 +96,13 @@ def test_a_second_signal_exits_at_once(start_service: Callable[..., ServiceProce
     assert service.events("shutdown_forced")
 
 
-async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) -> Observed:
+async def _load_through_sigterm(
+    service: HttpService, document: dict[str, Any], last: dict[str, Any]
+) -> Observed:
     observed = Observed()
     not_ready = asyncio.Event()  # /readyz answered 503
     served_while_not_ready = asyncio.Event()  # and pings sent after that were answered
-    answered_while_not_ready: list[int] = []
+    answered_while_not_ready = 0
     stop_pinging = asyncio.Event()
     limits = httpx.Limits(max_connections=PINGERS + VALIDATIONS + 10)
     async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
@@ -113,16 +116,17 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
                 record.error = repr(error)
 
         async def ping_until_stopped() -> None:
+            nonlocal answered_while_not_ready
             while not stop_pinging.is_set():
                 sent_while_not_ready = not_ready.is_set()
                 await call("ping", "GET", "/v1/ping")
                 if sent_while_not_ready:
-                    answered_while_not_ready.append(1)
-                    if len(answered_while_not_ready) >= PINGERS:
+                    answered_while_not_ready += 1
+                    if answered_while_not_ready >= PINGERS:
                         served_while_not_ready.set()
                 await asyncio.sleep(0.02)
 
-        async def all_validations_accepted() -> None:
+        async def validations_accepted(count: int) -> None:
             while True:
                 metrics = (await client.get("/metrics")).text
                 held = sum(
@@ -131,7 +135,7 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
                     if line.startswith(("offload_in_flight{", "offload_queued{"))
                 )
                 done = sum(c.kind == "validate" and c.status is not None for c in observed.calls)
-                if held + done >= VALIDATIONS:
+                if held + done >= count:
                     return
                 await asyncio.sleep(0.05)
 
@@ -145,11 +149,15 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
                 await asyncio.sleep(0.01)
 
         pingers = [asyncio.create_task(ping_until_stopped()) for _ in range(PINGERS)]
-        heavy = [
+        validations = [
             asyncio.create_task(call("validate", "POST", "/v1/documents:validate", json=document))
             for _ in range(VALIDATIONS)
         ]
-        await all_validations_accepted()  # every validation is queued or running in the service
+        await validations_accepted(VALIDATIONS)  # each is queued or running in the service
+        validations.append(
+            asyncio.create_task(call("validate", "POST", "/v1/documents:validate", json=last))
+        )
+        await validations_accepted(VALIDATIONS + 1)
         observed.readiness.append((await client.get("/readyz")).status_code)
         service.process.signal(signal.SIGTERM)
         await watch_readiness()
@@ -158,7 +166,7 @@ async def _load_through_sigterm(service: HttpService, document: dict[str, Any]) 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(served_while_not_ready.wait(), DRAIN_DELAY / 2)
         stop_pinging.set()
-        await asyncio.gather(*pingers, *heavy)
+        await asyncio.gather(*pingers, *validations)
     return observed
 
 

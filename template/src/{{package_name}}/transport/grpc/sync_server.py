@@ -61,6 +61,15 @@ def main() -> None:
         metrics_port=settings.metrics_port or None,
         handler_threads=settings.handler_threads,
     )
+    offload_capacity = settings.offload_workers + settings.offload_queue
+    if settings.handler_threads <= offload_capacity:
+        log.warning(
+            "handler_threads_too_few",
+            handler_threads=settings.handler_threads,
+            offload_capacity=offload_capacity,
+            consequence="RPCs waiting for the offload pool can hold every handler thread, "
+            "and light RPCs then wait behind them",
+        )
 
     runtime.start()  # warm-up: stall watchdog, offload workers; SERVING once they answer
     if not runtime.wait_for_shutdown(timeout=0):  # a signal during warm-up skips SERVING
