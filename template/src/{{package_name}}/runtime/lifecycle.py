@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from enum import StrEnum
@@ -39,6 +40,8 @@ from .stall import StallWatchdog
 log = get_logger(__name__)
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How often a blocked main thread wakes to run signal handlers (see Runtime.wait_for_shutdown).
+_SIGNAL_POLL_INTERVAL = 0.2
 
 T = TypeVar("T")
 
@@ -259,9 +262,16 @@ class Runtime:
             loop.call_soon_threadsafe(event.set)
 
     def wait_for_shutdown(self, timeout: float | None = None) -> bool:
-        """Block until shutdown is requested (then DRAINING); ``False`` on timeout."""
-        if not self._shutdown_requested.wait(timeout):
-            return False
+        """Block until shutdown is requested (then DRAINING); ``False`` on timeout.
+
+        Waits in short slices: the kernel may deliver SIGTERM to any thread (gRPC has many),
+        and Python runs the handler only when the main thread next wakes up. A wait without
+        a timeout could sleep through the signal forever.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._shutdown_requested.wait(_SIGNAL_POLL_INTERVAL):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
         self.request_shutdown(self.shutdown_reason or "requested")
         return True
 
