@@ -107,7 +107,10 @@ class _Service:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL)
+        # Its stall reports (frequent with threads under CPU-bound load) would garble the table.
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         base_url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

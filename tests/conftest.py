@@ -25,8 +25,10 @@ from support import (
     union_of_requirements,
 )
 
-# Longest first, so that two workers finish together instead of one waiting on a late long test.
-ORDER = ["test_own_test_suite", "test_installs_from_own_lock_file", "test_update", "test_mypy"]
+# The long tests first, so that two workers finish together instead of one waiting on a late
+# long test. Suites that probably share a run (see test_matrix.py) go last, when it has happened.
+LONG = ["test_own_test_suite", "test_installs_from_own_lock_file", "test_update", "test_mypy"]
+SHARED_RUNS = {"test_own_test_suite", "test_mypy"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,13 +58,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
 
-    def rank(item: pytest.Item) -> tuple[int, tuple[int, ...]]:
+    def rank(item: pytest.Item) -> tuple[int, int, tuple[int, ...]]:
         name = getattr(item, "originalname", item.name)
-        combination = getattr(item, "callspec", None) and item.callspec.params.get("combination")
-        # Within one test, vary the first axes first and the last (deployment) last: combinations
-        # that share a run of the suite (see test_matrix.py) then come after the one that runs it.
+        callspec = getattr(item, "callspec", None)
+        combination = callspec.params.get("combination") if callspec else None
+        # Vary the first axes first and the last (deployment) last: combinations that differ
+        # only in the last axis are the ones whose checks usually share a run.
         spread = tuple(reversed(combination.indices())) if combination else ()
-        return (ORDER.index(name) if name in ORDER else len(ORDER), spread)
+        if name in SHARED_RUNS and spread and spread[0] > 0:
+            return (2, LONG.index(name), spread)
+        return (0, LONG.index(name), spread) if name in LONG else (1, 0, spread)
 
     items.sort(key=rank)
 

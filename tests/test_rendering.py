@@ -173,3 +173,29 @@ def test_docstring_filter_reads_back_exactly(template: Path, text: str) -> None:
     literal = f'"""{docstring(text)}"""'
     assert ast.literal_eval(literal).split() == text.split()
     assert max(len(line) for line in literal.splitlines()) <= 100
+
+
+def test_py_string_filter_reads_back_and_is_formatted_as_ruff_leaves_it(
+    template: Path, tmp_path: Path, shared_venv: Path, worker_cache: Path
+) -> None:
+    """The filter the template uses to put free text into Python string literals."""
+    sys.path.insert(0, str(template / "extensions"))
+    from names import py_string
+
+    texts = [*HOSTILE.values(), "plain", 'only "double" here', "word " * 40, "x" * 120, "a\tb\nc"]
+    lines = []
+    for index, text in enumerate(texts):
+        lines.append(f"V{index} = {py_string(text, column=len(f'V{index} = '))}\n\n")
+        call = py_string(text, column=len("        description="), indent=8)
+        lines.append(f"\ndef f{index}() -> object:\n    return dict(\n")
+        lines.append(f"        description={call},\n    )\n\n\n")
+    module = tmp_path / "strings.py"
+    module.write_text("".join(lines).rstrip() + "\n", encoding="utf-8")
+    namespace: dict[str, object] = {}
+    exec(compile(module.read_text(encoding="utf-8"), str(module), "exec"), namespace)
+    for index, text in enumerate(texts):
+        assert namespace[f"V{index}"] == text
+    env = tool_env(shared_venv, mypy_cache=worker_cache)
+    ruff = [shared_venv / "bin" / "ruff", "format", "--check", "--diff", "--line-length=100"]
+    result = run([*ruff, "--no-cache", module], cwd=tmp_path, env=env, check=False)
+    assert result.returncode == 0, result.stdout

@@ -42,7 +42,6 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
         offload_workers=1,
         offload_queue=400,
         max_message_size=LARGE_MESSAGES,
-        stall_threshold=60,  # handlers wait seconds for the offload pool here: not stalls
         **threads,
     )
     heavy = documents_pb2.ValidateRequest(document_json=document_costing(2.5))

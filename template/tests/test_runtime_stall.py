@@ -147,6 +147,18 @@ def test_stuck_sync_handler_is_reported_with_method_and_request_id(
     assert process.wait_exit() == 0
 
 
+def test_sync_handler_waiting_for_offloaded_work_is_not_a_stall(
+    scenario: Callable[..., Scenario],
+) -> None:
+    # The handler waits ten thresholds for offload_sync; sleeping as long itself is reported
+    # (test_stuck_sync_handler_is_reported_with_method_and_request_id[sleep]).
+    process = scenario("handler", "offload-wait")
+    process.wait_event("block_finished")
+    assert process.wait_exit() == 0
+    assert process.events("stall_detected") == []
+    assert process.events("handler_stalled") == []
+
+
 def test_gil_holding_sync_handler_is_dumped_while_it_lasts(
     scenario: Callable[..., Scenario],
 ) -> None:

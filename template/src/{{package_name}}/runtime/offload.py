@@ -48,6 +48,7 @@ from .metrics import (
     OFFLOAD_REJECTED,
     OFFLOAD_WORKER_CRASHES,
 )
+from .stall import waiting
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -274,9 +275,10 @@ class Offloader:
     ) -> T:
         """Blocking :meth:`run_with_timeout`."""
         call = self._submit(fn, args, kwargs, timeout)
-        done, _ = wait({call.future}, timeout)
-        if not done and self._verdict_pending(call):
-            done, _ = wait({call.future}, _VERDICT_WAIT)
+        with waiting():
+            done, _ = wait({call.future}, timeout)
+            if not done and self._verdict_pending(call):
+                done, _ = wait({call.future}, _VERDICT_WAIT)
         if not done:
             call.future.cancel()
             raise self._timed_out(call, timeout)

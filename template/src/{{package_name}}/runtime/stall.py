@@ -166,16 +166,28 @@ class StallWatchdog:
         unit = _Unit(HANDLER, name, threading.get_ident(), time.monotonic(), dict(fields))
         with self._lock:
             self._handlers.add(unit)
+        _current.watch = (self, unit)
         try:
             yield
         finally:
-            duration = time.monotonic() - unit.since
-            with self._lock:
-                self._handlers.discard(unit)
-                unit.generation += 1
-                reported, stack = unit.reported, unit.stack
-            if reported or duration > self.threshold:
-                self._stall_ended(unit, duration, stack)
+            _current.watch = None
+            self._settle(unit)
+
+    def _settle(self, unit: _Unit) -> None:
+        """Stop watching ``unit``; if its last stretch of work was a stall, report its end."""
+        duration = time.monotonic() - unit.since
+        with self._lock:
+            self._handlers.discard(unit)
+            unit.generation += 1
+            reported, stack = unit.reported, unit.stack
+            unit.reported, unit.stack = False, None
+        if reported or duration > self.threshold:
+            self._stall_ended(unit, duration, stack)
+
+    def _resume(self, unit: _Unit) -> None:
+        with self._lock:
+            unit.since = time.monotonic()
+            self._handlers.add(unit)
 
     # -- the loop side ---------------------------------------------------------------------
 
@@ -311,6 +323,28 @@ class StallWatchdog:
             **extra,
             **unit.fields,
         )
+
+
+_current = threading.local()  # ``watch``: (watchdog, unit) of the handler this thread runs
+
+
+@contextmanager
+def waiting() -> Iterator[None]:
+    """Mark the current sync handler as waiting, not stalled, for the duration of the block.
+
+    A handler blocked on offloaded work is doing its job: its stall clock stops while it waits
+    and starts again from zero afterwards. Outside a watched handler this does nothing.
+    """
+    watch: tuple[StallWatchdog, _Unit] | None = getattr(_current, "watch", None)
+    if watch is None:
+        yield
+        return
+    watchdog, unit = watch
+    watchdog._settle(unit)
+    try:
+        yield
+    finally:
+        watchdog._resume(unit)
 
 
 def _running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:

@@ -32,6 +32,10 @@ from .sync_interceptors import RequestInterceptor
 
 log = get_logger(__name__)
 
+# The main thread waits in slices: the kernel may deliver a second SIGTERM to any of the
+# server's threads, and Python runs the handler only when the main thread wakes up.
+AWAKE_EVERY = 0.2
+
 
 def main() -> None:
     settings = load_settings(GrpcSettings)
@@ -78,12 +82,12 @@ def main() -> None:
 
     health.shutting_down()
     log.info("draining", drain_delay=settings.drain_delay)
-    time.sleep(settings.drain_delay)  # load balancers see NOT_SERVING and stop sending
+    _sleep(settings.drain_delay)  # load balancers see NOT_SERVING and stop sending
 
     deadline = time.monotonic() + settings.shutdown_grace
     log.info("grpc_server_stopping", grace=settings.shutdown_grace)
     health.end_watches()  # they have reported NOT_SERVING; open, they would hold stop()
-    server.stop(settings.shutdown_grace).wait()
+    _wait(server.stop(settings.shutdown_grace))
     log.info("grpc_server_stopped")
     runtime.shutdown(_remaining(deadline))
     if metrics is not None:
@@ -93,6 +97,17 @@ def main() -> None:
         # running their handlers; waiting for them would outlast the orchestrator's patience.
         log.error("shutdown_incomplete", reason="RPC handlers still running after the grace")
         os._exit(1)
+
+
+def _sleep(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, AWAKE_EVERY))
+
+
+def _wait(event: threading.Event) -> None:
+    while not event.wait(AWAKE_EVERY):
+        pass
 
 
 def _remaining(deadline: float) -> float:
