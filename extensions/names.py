@@ -20,6 +20,8 @@ from jinja2.ext import Extension
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_SLUG_LENGTH = 57
+MAX_PACKAGE_LENGTH = 30
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 # Top-level modules that the generated service, its tests or its tools import, directly or
@@ -128,6 +130,12 @@ def project_name_problem(value: str) -> str:
 
 
 def slug_problem(value: str) -> str:
+    if len(value) > MAX_SLUG_LENGTH:
+        return (
+            f"The project slug {value!r} is {len(value)} characters long: use at most "
+            f"{MAX_SLUG_LENGTH} (Kubernetes object names, which add suffixes such as '-envoy', "
+            "are limited to 63)."
+        )
     if SLUG_RE.fullmatch(value):
         return ""
     return (
@@ -137,6 +145,11 @@ def slug_problem(value: str) -> str:
 
 
 def package_name_problem(value: str) -> str:
+    if len(value) > MAX_PACKAGE_LENGTH:
+        return (
+            f"The package name {value!r} is {len(value)} characters long: use at most "
+            f"{MAX_PACKAGE_LENGTH}, so that imports of it fit the 100-character lines of the code."
+        )
     if not IDENTIFIER_RE.fullmatch(value):
         return (
             f"The package name {value!r} is not allowed: use lowercase letters a-z, digits and "
@@ -189,13 +202,16 @@ def port_problem(value: object, other: object = None) -> str:
     return ""
 
 
-def range_problem(value: object, low: int, high: int, unit: str, what: str = "The value") -> str:
+def range_problem(
+    value: object, low: int, high: int, unit: str, what: str = "The value", why: str = ""
+) -> str:
+    """``why`` explains a limit that depends on other answers (e.g. the deployment target)."""
     try:
         number = int(str(value))
     except ValueError:
         return f"{what} {value!r} is not a whole number: use {low} to {high} {unit}."
     if not low <= number <= high:
-        return f"{what} {number} is out of range: use {low} to {high} {unit}."
+        return f"{what} {number} is out of range: use {low} to {high} {unit}. {why}".rstrip()
     return ""
 
 
