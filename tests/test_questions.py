@@ -93,6 +93,18 @@ REFUSALS = [
         id="package_name-unicode",
     ),
     pytest.param(
+        {"project_slug": "s" * 58},
+        ["is 58 characters long"],
+        ["at most 57", "limited to 63"],
+        id="project_slug-too-long",
+    ),
+    pytest.param(
+        {"package_name": "p" * 31},
+        ["is 31 characters long"],
+        ["at most 30"],
+        id="package_name-too-long",
+    ),
+    pytest.param(
         {"package_name": "2fast"},
         ["package name '2fast' is not allowed"],
         ["starting with a letter"],
@@ -180,16 +192,34 @@ REFUSALS = [
         id="stall_threshold_ms-too-big",
     ),
     pytest.param(
-        {"drain_delay_seconds": "-1"},
+        {"deployment": "compose", "drain_delay_seconds": "-1"},
         ["drain delay -1 is out of range"],
         ["0 to 300 seconds"],
         id="drain_delay_seconds-negative",
     ),
     pytest.param(
-        {"drain_delay_seconds": "301"},
+        {"deployment": "compose", "drain_delay_seconds": "301"},
         ["drain delay 301 is out of range"],
         ["0 to 300 seconds"],
         id="drain_delay_seconds-too-big",
+    ),
+    pytest.param(
+        {"deployment": "kubernetes", "drain_delay_seconds": "2"},
+        ["drain delay 2 is out of range"],
+        ["3 to 300 seconds", "Envoy"],
+        id="drain_delay_seconds-shorter-than-envoy-notices",
+    ),
+    pytest.param(
+        {"deployment": "ecs_fargate", "drain_delay_seconds": "111"},
+        ["drain delay 111 is out of range"],
+        ["0 to 110 seconds", "120 s"],
+        id="drain_delay_seconds-past-fargate-stop-timeout",
+    ),
+    pytest.param(
+        {"deployment": "ecs_fargate", "drain_delay_seconds": "5", "shutdown_grace_seconds": "111"},
+        ["shutdown grace period 111 is out of range"],
+        ["1 to 110 seconds", "<= 115 s"],
+        id="shutdown_grace_seconds-past-fargate-stop-timeout",
     ),
     pytest.param(
         {"shutdown_grace_seconds": "0"},
