@@ -48,26 +48,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def combination_of(item: pytest.Item) -> Combination | None:
+        callspec = getattr(item, "callspec", None)
+        found = callspec.params.get("combination") if callspec else None
+        return found if isinstance(found, Combination) else None
+
     wanted = config.getoption("--combination")
     if wanted:
         keep = [
             item
             for item in items
-            if item.get_closest_marker("matrix") and f"[{wanted}]" in item.nodeid
+            if item.get_closest_marker("matrix")
+            and (combination := combination_of(item)) is not None
+            and combination.id == wanted
         ]
+
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
 
     def rank(item: pytest.Item) -> tuple[int, int, tuple[int, ...]]:
         name = getattr(item, "originalname", item.name)
-        callspec = getattr(item, "callspec", None)
-        combination = callspec.params.get("combination") if callspec else None
+        combination = combination_of(item)
         # Vary the first axes first and the last (deployment) last: combinations that differ
         # only in the last axis are the ones whose checks usually share a run.
         spread = tuple(reversed(combination.indices())) if combination else ()
         if name in SHARED_RUNS and spread and spread[0] > 0:
             return (2, LONG.index(name), spread)
         return (0, LONG.index(name), spread) if name in LONG else (1, 0, spread)
+
+    for item in items:
+        combination = combination_of(item)
+        name = getattr(item, "originalname", item.name)
+        if combination and name in SHARED_RUNS:
+            # One worker takes all combinations that differ only in the last axis (with
+            # --dist loadgroup), so the ones sharing a run never wait for another worker.
+            siblings = "-".join(combination.id.split("-")[:-1])
+            item.add_marker(pytest.mark.xdist_group(name=f"{name}-{siblings}"))
 
     items.sort(key=rank)
 
@@ -89,13 +105,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     wall = max(report.stop for report in _reports) - started
     per_combination: dict[str, float] = {}
     for report in _reports:
-        combination = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+        combination = report.nodeid.split("@")[0].rsplit("[", 1)[-1].rstrip("]")
         per_combination[combination] = per_combination.get(combination, 0.0) + report.duration
     runs: dict[str, list[str]] = {}
     for report in _reports:
         ran_in = dict(report.user_properties).get("ran_in")
         if "test_own_test_suite" in report.nodeid and ran_in:
-            runs.setdefault(str(ran_in), []).append(report.nodeid.rsplit("[", 1)[-1].rstrip("]"))
+            combination = report.nodeid.split("@")[0].rsplit("[", 1)[-1].rstrip("]")
+            runs.setdefault(str(ran_in), []).append(combination)
     terminalreporter.write_sep("-", "matrix timing")
     for combination, seconds in sorted(per_combination.items()):
         terminalreporter.write_line(f"{combination:40} {seconds:7.1f} s of checks")
