@@ -17,12 +17,12 @@ import pytest
 from conftest import ServiceProcess
 from http_support import LARGE_BODY, HttpService, document_costing, start_http
 
-DRAIN_DELAY = 10.0  # generous: the client must see /readyz turn 503 before listening stops
+DRAIN_DELAY = 6.0  # generous: the client must see /readyz turn 503 before listening stops
 GRACE = 60
 PINGERS = 10  # clients sending light requests, each every few milliseconds
 VALIDATIONS = 300  # validations in flight when SIGTERM arrives, queued for one worker
 VALIDATION_COST = 0.01  # seconds of CPU each
-LAST_COST = DRAIN_DELAY + 2  # the last validation is still running when the drain delay ends
+LAST_COST = 2 * DRAIN_DELAY  # the last validation is still running when the drain delay ends
 
 
 @dataclass
