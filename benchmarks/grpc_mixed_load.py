@@ -26,11 +26,7 @@ import asyncio
 import importlib
 import json
 import os
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from service import Service, answer, free_port
 
 
 def main() -> int:
@@ -51,9 +48,8 @@ def main() -> int:
     parser.add_argument("--executors", default="process,thread")
     args = parser.parse_args()
 
-    answers = (args.project / ".copier-answers.yml").read_text()
-    package = _answer(answers, "package_name")
-    transport = _answer(answers, "transport")
+    package = answer(args.project, "package_name")
+    transport = answer(args.project, "transport")
     sys.path.insert(0, str(args.project / "src"))
     stubs = importlib.import_module(f"{package}.v1.documents_pb2_grpc")
     messages = importlib.import_module(f"{package}.v1.documents_pb2")
@@ -67,18 +63,21 @@ def main() -> int:
         " ping errors | heavy done/s |\n|---|---|---|---|---|---|---|---|"
     )
     for executor in args.executors.split(","):
-        with _Service(args.project, package, executor, args.workers) as target:
+        service = Service(
+            args.project,
+            _serving,
+            metrics_port=free_port(),
+            offload_executor=executor,
+            offload_workers=args.workers,
+            max_message_size=256 * 1024 * 1024,
+            log_level="warning",
+        )
+        with service as port:
+            target = f"127.0.0.1:{port}"
             for heavy in (0, args.heavy):
                 row = _measure(target, stubs, messages, heavy_request, heavy, args)
                 print(f"| {transport} | {executor} | {heavy} | {row} |", flush=True)
     return 0
-
-
-def _answer(answers: str, name: str) -> str:
-    match = re.search(rf"^{name}:\s*(\S+)", answers, re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"no {name} in .copier-answers.yml: is this a generated project?")
-    return match.group(1)
 
 
 def _document_costing(validate: Any, seconds: float) -> str:
@@ -91,50 +90,15 @@ def _document_costing(validate: Any, seconds: float) -> str:
     return json.dumps({f"field{index}": text for index in range(count)})
 
 
-class _Service:
-    """``python -m <package>`` of the project on free loopback ports, until the block ends."""
-
-    def __init__(self, project: Path, package: str, executor: str, workers: int) -> None:
-        self.port = _free_port()
-        prefix = package.upper() + "_"
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                prefix + "HOST": "127.0.0.1",
-                prefix + "PORT": str(self.port),
-                prefix + "METRICS_PORT": str(_free_port()),
-                prefix + "OFFLOAD_EXECUTOR": executor,
-                prefix + "OFFLOAD_WORKERS": str(workers),
-                prefix + "MAX_MESSAGE_SIZE": str(256 * 1024 * 1024),
-                prefix + "LOG_LEVEL": "warning",
-                prefix + "DRAIN_DELAY": "0",
-            }
-        )
-        self.command = [str(project / ".venv" / "bin" / "python"), "-m", package]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL)
-        target = f"127.0.0.1:{self.port}"
-        health = importlib.import_module("grpc_health.v1.health_pb2")
-        health_grpc = importlib.import_module("grpc_health.v1.health_pb2_grpc")
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(target) as channel:
-            stub = health_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    answer = stub.Check(health.HealthCheckRequest(), timeout=1)
-                    if answer.status == health.HealthCheckResponse.SERVING:
-                        return target
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError("the service did not answer SERVING within 60 s")
-
-    def __exit__(self, *_: object) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
+def _serving(port: int) -> bool:
+    health = importlib.import_module("grpc_health.v1.health_pb2")
+    health_grpc = importlib.import_module("grpc_health.v1.health_pb2_grpc")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            answer = health_grpc.HealthStub(channel).Check(health.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+        return bool(answer.status == health.HealthCheckResponse.SERVING)
 
 
 def _measure(
@@ -204,13 +168,6 @@ async def _ping_load(
 
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
     return len(latencies), errors, latencies
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -24,17 +24,15 @@ import importlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
+from service import Service, answer
 
 
 def main() -> int:
@@ -51,7 +49,7 @@ def main() -> int:
         print("wrk is not on PATH (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    package = _package_name(args.project)
+    package = answer(args.project, "package_name")
     documents = importlib.import_module(f"{package}.documents")
     heavy_document = _document_costing(documents.validate_document, args.heavy_cost)
 
@@ -60,20 +58,20 @@ def main() -> int:
         "\n|---|---|---|---|---|---|"
     )
     for executor in args.executors.split(","):
-        with _Service(args.project, package, executor, args.workers) as base_url:
+        service = Service(
+            args.project,
+            _http_ready,
+            offload_executor=executor,
+            offload_workers=args.workers,
+            max_body_size=512 * 1024 * 1024,
+            log_level="warning",
+        )
+        with service as port:
+            base_url = f"http://127.0.0.1:{port}"
             for heavy in (0, args.heavy):
                 row = _measure(base_url, heavy, heavy_document, args)
                 print(f"| {executor} | {heavy} | {row} |", flush=True)
     return 0
-
-
-def _package_name(project: Path) -> str:
-    answers = (project / ".copier-answers.yml").read_text()
-    match = re.search(r"^package_name:\s*(\S+)", answers, re.MULTILINE)
-    if match:
-        return match.group(1)
-    name: str = tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
-    return name.replace("-", "_")
 
 
 def _document_costing(validate: Any, seconds: float) -> dict[str, Any]:
@@ -85,47 +83,11 @@ def _document_costing(validate: Any, seconds: float) -> dict[str, Any]:
     return {"items": [item] * max(1, round(seconds / per_item))}
 
 
-class _Service:
-    """``python -m <package>`` of the project on a free loopback port, until the block ends."""
-
-    def __init__(self, project: Path, package: str, executor: str, workers: int) -> None:
-        self.port = _free_port()
-        prefix = package.upper() + "_"
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                prefix + "HOST": "127.0.0.1",
-                prefix + "PORT": str(self.port),
-                prefix + "OFFLOAD_EXECUTOR": executor,
-                prefix + "OFFLOAD_WORKERS": str(workers),
-                prefix + "MAX_BODY_SIZE": str(512 * 1024 * 1024),
-                prefix + "LOG_LEVEL": "warning",
-                prefix + "DRAIN_DELAY": "0",
-            }
-        )
-        self.command = [str(project / ".venv" / "bin" / "python"), "-m", package]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> str:
-        # Its stall reports (frequent with threads under CPU-bound load) would garble the table.
-        self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        base_url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base_url + "/readyz", timeout=1).status_code == 200:
-                    return base_url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the service did not become ready within 60 s")
-
-    def __exit__(self, *_: object) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
+def _http_ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _measure(base_url: str, heavy: int, document: dict[str, Any], args: Any) -> str:
@@ -181,13 +143,6 @@ def _latency_ms(report: str, percentile: str) -> float:
         return float("nan")
     value, unit = float(match.group(1)), match.group(2)
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

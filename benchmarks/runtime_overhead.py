@@ -25,7 +25,6 @@ import asyncio
 import importlib
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from service import answer
 
 IDLE_MODES = ["none", "heartbeat", "heartbeat+thread", "full"]
 
@@ -46,7 +47,7 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    package = _package_name(args.project)
+    package = answer(args.project, "package_name")
     sys.path.insert(0, str(args.project / "src"))
     if args.child:
         result = CHILDREN[args.child](package, args)
@@ -86,14 +87,6 @@ def main() -> int:
     handler = _median(args, "handler", "full", "per_call_us")
     print(f"\nwatch_handler (one per sync RPC): {handler:.2f} µs per RPC")
     return 0
-
-
-def _package_name(project: Path) -> str:
-    answers = (project / ".copier-answers.yml").read_text()
-    match = re.search(r"^package_name:\s*(\S+)", answers, re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"{project} has no package_name in .copier-answers.yml")
-    return match.group(1)
 
 
 def _child(args: argparse.Namespace, child: str, mode: str) -> dict[str, float]:
