@@ -45,6 +45,7 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
         **threads,
     )
     heavy = documents_pb2.ValidateRequest(document_json=document_costing(2.5))
+    slowest = documents_pb2.ValidateRequest(document_json=document_costing(5.0))  # > drain delay
     light = documents_pb2.ValidateRequest(document_json='{"name": "Ada"}')
     validate = f"/{SERVICE}/Validate"
     finished_at: list[float] = []  # wall-clock time, comparable with the service's log
@@ -67,6 +68,12 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
             if index == 2:
                 wait_until(lambda: accepted() == 3, 60, "the heavy RPCs to arrive")
         wait_until(lambda: accepted() == len(in_flight), 60, "the server to accept every RPC")
+        # However long that took, one more heavy validation, queued last, is still running
+        # when the drain delay ends and the server stops.
+        last = stub.Validate.future(slowest, timeout=180)
+        last.add_done_callback(lambda _: finished_at.append(time.time()))
+        in_flight.append(last)
+        wait_until(lambda: accepted() == len(in_flight), 60, "the server to accept the last RPC")
 
         service.process.signal(signal.SIGTERM)
         service.wait_event("draining")
