@@ -20,6 +20,11 @@ ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
 log() { echo "container-runtime: $*" >&2; }
 
+# Parallel test workers call this at the same time: one sets up, the others wait for it.
+mkdir -p "$state"
+exec 9>"$state/.lock"
+flock 9
+
 if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     log "podman is missing, and installing it needs root and apt-get: install ${packages[*]}"
