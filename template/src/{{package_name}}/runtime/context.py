@@ -8,6 +8,7 @@ processes. Only the values named in :data:`SNAPSHOT_KEYS` cross a process bounda
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
+# The request's deadline as a time.monotonic() value: set by the transport from the gRPC deadline
+# or the HTTP request budget, read by offload() so queued and running work stops with the caller.
+_deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 SNAPSHOT_KEYS = ("request_id", "traceparent")
 
@@ -63,6 +67,35 @@ def current_request_id() -> str | None:
 def current_traceparent() -> str | None:
     """The W3C traceparent of the request being handled, if the client sent a valid one."""
     return _traceparent.get()
+
+
+def current_deadline() -> float | None:
+    """The request's deadline (a ``time.monotonic()`` value), or ``None`` if it has none."""
+    return _deadline.get()
+
+
+def time_remaining() -> float | None:
+    """Seconds left until the request's deadline (negative once passed), or ``None``."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def deadline_after(seconds: float | None) -> Iterator[None]:
+    """Give the block a deadline ``seconds`` from now; ``None`` leaves the current one.
+
+    A nested deadline never extends an outer one: the earlier of the two holds.
+    """
+    if seconds is None:
+        yield
+        return
+    deadline = time.monotonic() + seconds
+    outer = _deadline.get()
+    token = _deadline.set(deadline if outer is None else min(outer, deadline))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 @contextmanager
