@@ -1,27 +1,30 @@
-"""The service's lifecycle: STARTING -> SERVING -> DRAINING -> STOPPED, and the shutdown signals.
+"""The service's lifecycle: STARTING -> SERVING -> DRAINING -> STOPPED, and its signals.
 
-:class:`Runtime` owns everything that is not the network server: settings, lifecycle, stall
-watchdog and offload pool. A transport's server module wires its server around it::
+:class:`Runtime` owns everything that is not the network server: settings, lifecycle, signals,
+stall watchdog and offload pool. Every transport's ``serve()`` runs the same sequence around it:
 
-    runtime = Runtime(settings)
-    runtime.install_signal_handlers(loop)   # first SIGTERM/SIGINT: drain; second: exit now
-    ... start the server: it listens, so liveness answers during warm-up ...
-    await runtime.start_async()             # watch the loop, warm up, then SERVING (ready)
-    await runtime.wait_for_shutdown_async() # DRAINING: readiness is already false
-    await asyncio.sleep(settings.drain_delay)
-    ... stop the server, letting in-flight requests finish within settings.shutdown_grace ...
-    await runtime.shutdown_async(remaining_grace)   # offload pool, watchdog, then STOPPED
+    runtime = Runtime(settings, loop)        # signals handled from here on
+    ... listen: liveness answers, not ready yet ...
+    warm_up = in_thread(runtime.start)       # watchdog and offload pool, off the main thread
+    ... enter the user's resources (resources.py) ...
+    warm_up.result(); runtime.ready()        # SERVING, unless a signal came first
+    runtime.wait_for_shutdown()              # DRAINING: readiness is false from here on
+    ... drain delay, stop accepting, grace, leave the user's resources ...
+    runtime.stop(grace_left)                 # offload pool, watchdog, STOPPED
 
-Synchronous servers use ``start()``, ``wait_for_shutdown()`` and ``shutdown()`` instead.
+Every method blocks; asyncio servers run the waiting ones with :func:`in_thread`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -40,8 +43,8 @@ from .stall import StallWatchdog
 log = get_logger(__name__)
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# How often a blocked main thread wakes to run signal handlers (see Runtime.wait_for_shutdown).
-_SIGNAL_POLL_INTERVAL = 0.2
+# `kill -USR1 <pid>` writes every thread's stack to stderr, at any time, even mid-stall.
+STACK_DUMP_SIGNAL = signal.SIGUSR1
 
 T = TypeVar("T")
 
@@ -56,6 +59,10 @@ class State(StrEnum):
 _ORDER = [State.STARTING, State.SERVING, State.DRAINING, State.STOPPED]
 
 Listener = Callable[[State], None]
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says why. ``serve()`` logs it and exits 1."""
 
 
 class Lifecycle:
@@ -108,34 +115,79 @@ class Lifecycle:
             )
 
 
-class ShutdownSignals:
-    """SIGTERM/SIGINT handling: the first calls ``on_first(name)``; a second exits at once.
+class Signals:
+    """SIGTERM/SIGINT: the first sets :attr:`received`; a second exits at once.
 
-    With an event loop the handlers run on the loop (``loop.add_signal_handler``); without
-    one they are plain ``signal.signal`` handlers on the main thread and ``on_first`` must
-    do no more than set a flag or an event.
+    Plain ``signal.signal`` handlers, which Python runs on the main thread between two
+    bytecodes: they run even while the event loop is stuck in Python code, which a loop's own
+    signal callbacks would wait for. The kernel may deliver a signal to any thread, though, and
+    a main thread asleep in a lock would not notice; so the main thread sleeps in ``select()``
+    on the signal wakeup socket instead (:meth:`wait`), and an event loop watches that socket.
     """
 
-    def __init__(self, on_first: Callable[[str], None]) -> None:
-        self._on_first = on_first
-        self.received: str | None = None
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.name: str | None = None
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
 
     def install(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Take over the shutdown signals and the stack dump signal; call on the main thread."""
         for signum in SHUTDOWN_SIGNALS:
-            if loop is not None:
-                loop.add_signal_handler(signum, self._handle, signum)
-            else:
-                signal.signal(signum, self._handle_sync)
+            signal.signal(signum, self._handle)
+        faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        if loop is not None:
+            loop.add_reader(self._reader.fileno(), self._drain)
 
-    def _handle_sync(self, signum: int, _frame: FrameType | None) -> None:
-        self._handle(signum)
-
-    def _handle(self, signum: int) -> None:
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if self.received is not None:
+        if self.name is not None:
             _exit_now(name, 128 + signum)
-        self.received = name
-        self._on_first(name)
+        self.name = name
+        self.received.set()
+
+    def wait(
+        self, event: threading.Event | Future[Any] | None, timeout: float | None = None
+    ) -> bool:
+        """Block until ``event`` is set (the future done); ``False`` after ``timeout`` seconds.
+
+        On the main thread, a signal wakes it wherever the kernel delivered it, so that its
+        handler runs at once; whoever sets ``event`` wakes it the same way. ``None``: sleep.
+        """
+        if isinstance(event, Future):
+            done = threading.Event()
+            event.add_done_callback(lambda _: self._wake(done))
+            event = done
+        elif event is not None and event is not self.received:
+            threading.Thread(target=self._wake_on, args=(event, timeout), daemon=True).start()
+        event = event or threading.Event()
+        if threading.current_thread() is not threading.main_thread():
+            return event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not event.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            select.select([self._reader], [], [], left)
+            self._drain()
+        return True
+
+    def _wake_on(self, event: threading.Event, timeout: float | None) -> None:
+        event.wait(timeout)
+        self._wake()
+
+    def _wake(self, event: threading.Event | None = None) -> None:
+        if event is not None:
+            event.set()
+        with contextlib.suppress(OSError):  # full: the main thread is awake already
+            self._writer.send(b"\0")
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):  # raised once nothing is left to read
+            while self._reader.recv(512):
+                pass
 
 
 def _exit_now(name: str, status: int) -> None:
@@ -145,30 +197,36 @@ def _exit_now(name: str, status: int) -> None:
     os._exit(status)
 
 
-async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call on a new thread (never the loop's default executor) and await it."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+def in_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """Run a blocking call on a new thread (never the loop's default executor).
+
+    ``Future.result()`` waits for it; asyncio code awaits ``asyncio.wrap_future(...)``.
+    """
     outcome: Future[T] = Future()
 
     def target() -> None:
         try:
             outcome.set_result(fn(*args))
-        except BaseException as error:  # re-raised on the loop, even SystemExit
+        except BaseException as error:  # re-raised by result(), even SystemExit
             outcome.set_exception(error)
-        loop.call_soon_threadsafe(lambda: None if done.done() else done.set_result(None))
 
     name = f"run-{getattr(fn, '__name__', 'call')}"
     threading.Thread(target=target, name=name, daemon=True).start()
-    await done
-    return outcome.result()
+    return outcome
 
 
 class Runtime:
-    """Settings, lifecycle, stall watchdog and offload pool of one service process."""
+    """Settings, lifecycle, signals, stall watchdog and offload pool of one service process.
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    ``loop`` is the asyncio server's event loop (``None`` for the thread-pool server): it is
+    watched for stalls, and it wakes for signals.
+    """
+
+    def __init__(
+        self, settings: RuntimeSettings, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.settings = settings
+        self.loop = loop
         self.lifecycle = Lifecycle()
         self.watchdog = StallWatchdog(
             settings.stall_threshold,
@@ -183,116 +241,79 @@ class Runtime:
             log_level=settings.log_level,
             log_format=settings.log_format,
         )
-        self.signals = ShutdownSignals(self._on_signal)
+        self.signals = Signals()
         self.shutdown_reason: str | None = None
-        self._shutdown_requested = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._shutdown_async: asyncio.Event | None = None
+        self._draining_since: float | None = None
         self.lifecycle.add_listener(lambda state: SERVICE_READY.set(state is State.SERVING))
 
-    # -- start -------------------------------------------------------------------------------
-
     def start(self) -> None:
-        """Start the watchdog and warm up the offload pool, then become SERVING (ready).
+        """Warm up: the stall watchdog (and loop heartbeat), then the offload pool.
 
-        A pool that cannot start is logged and ends the process with status 1.
+        Blocks until every worker answered; :class:`StartupError` if the pool cannot start.
         """
         faulthandler.enable()  # a crash in C code still leaves a Python stack on stderr
         self.watchdog.start()
+        if self.loop is not None:
+            self.watchdog.watch_loop(self.loop)
         try:
             self.offloader.start()
-        except Exception:
-            log.exception("startup_failed", reason="the offload pool did not start")
-            self.watchdog.stop()
-            raise SystemExit(1) from None
+        except Exception as error:
+            raise StartupError("the offload pool did not start") from error
         install_offloader(self.offloader)
-        if self.lifecycle.transition(State.SERVING):
-            log.info("service_ready", pid=os.getpid())
 
-    async def start_async(self) -> None:
-        """:meth:`start` for asyncio servers: also watches this loop for stalls.
-
-        The warm-up runs on a separate thread, so the loop keeps answering liveness probes.
-        """
-        loop = asyncio.get_running_loop()
-        self._bind_loop(loop)
-        self.watchdog.watch_loop(loop)
-        await run_in_thread(self.start)
-
-    # -- shutdown ----------------------------------------------------------------------------
-
-    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Handle SIGTERM/SIGINT: first one starts the drain, a second exits at once.
-
-        Pass the loop for asyncio servers; without it, call from the main thread.
-        """
-        if loop is not None:
-            self._bind_loop(loop)
-        self.signals.install(loop)
-
-    def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is None:
-            self._loop = loop
-            self._shutdown_async = asyncio.Event()
-            if self._shutdown_requested.is_set():
-                self._shutdown_async.set()
-
-    def _on_signal(self, name: str) -> None:
-        if self._loop is not None:
-            self.request_shutdown(f"signal {name}")
+    def startup_failed(self, error: Exception) -> int:
+        """Log why the start failed and begin the shutdown; the exit status (1)."""
+        if isinstance(error, StartupError):
+            log.error("startup_failed", reason=str(error), exc_info=error.__cause__)
         else:
-            # A plain signal handler interrupts the main thread anywhere, even inside a
-            # lifecycle transition: only record it; wait_for_shutdown() does the rest.
-            self.shutdown_reason = self.shutdown_reason or f"signal {name}"
-            self._shutdown_requested.set()
+            log.error("startup_failed", reason="the resources did not open", exc_info=error)
+        self.request_shutdown("startup failed")
+        return 1
+
+    def ready(self) -> bool:
+        """SERVING (ready for traffic), unless shutdown was requested first."""
+        if self.signals.received.is_set() or not self.lifecycle.transition(State.SERVING):
+            return False
+        log.info("service_ready", pid=os.getpid())
+        return True
+
+    def wait_for_shutdown(self, timeout: float | None = None) -> bool:
+        """Block until a signal arrives, then start draining; ``False`` on timeout."""
+        if not self.signals.wait(self.signals.received, timeout):
+            return False
+        self.request_shutdown(f"signal {self.signals.name}")
+        return True
 
     def request_shutdown(self, reason: str) -> None:
-        """Start draining: not ready from now on; wakes :meth:`wait_for_shutdown`."""
+        """DRAINING: not ready from now on."""
         self.shutdown_reason = self.shutdown_reason or reason
         if self.lifecycle.transition(State.DRAINING):
+            self._draining_since = time.monotonic()
             log.info(
                 "shutdown_requested",
                 reason=self.shutdown_reason,
                 drain_delay=self.settings.drain_delay,
                 shutdown_grace=self.settings.shutdown_grace,
             )
-        self._shutdown_requested.set()
-        loop, event = self._loop, self._shutdown_async
-        if loop is not None and event is not None:
-            loop.call_soon_threadsafe(event.set)
 
-    def wait_for_shutdown(self, timeout: float | None = None) -> bool:
-        """Block until shutdown is requested (then DRAINING); ``False`` on timeout.
+    def sleep(self, seconds: float) -> None:
+        """Sleep, still answering signals at once (the thread-pool server's drain delay)."""
+        self.signals.wait(None, seconds)
 
-        Waits in short slices: the kernel may deliver SIGTERM to any thread (gRPC has many),
-        and Python runs the handler only when the main thread next wakes up. A wait without
-        a timeout could sleep through the signal forever.
+    def grace_left(self) -> float:
+        """What is left of drain delay plus grace since draining began (at least 0.1 s)."""
+        budget = self.settings.drain_delay + self.settings.shutdown_grace
+        if self._draining_since is None:
+            return self.settings.shutdown_grace
+        return max(0.1, self._draining_since + budget - time.monotonic())
+
+    def stop(self) -> None:
+        """Stop the offload pool (queued calls fail, running ones get what is left of the
+        grace), the watchdog, and become STOPPED. Call once the server accepts no requests.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._shutdown_requested.wait(_SIGNAL_POLL_INTERVAL):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        self.request_shutdown(self.shutdown_reason or "requested")
-        return True
-
-    async def wait_for_shutdown_async(self) -> None:
-        """Wait until a signal (or :meth:`request_shutdown`) starts the drain."""
-        if self._shutdown_async is None:
-            self._bind_loop(asyncio.get_running_loop())
-        assert self._shutdown_async is not None
-        await self._shutdown_async.wait()
-
-    def shutdown(self, grace: float | None = None) -> None:
-        """Stop the offload pool (queued calls fail, running ones get ``grace`` seconds), the
-        watchdog, and become STOPPED. Call after the server has stopped accepting requests.
-        """
-        self.lifecycle.transition(State.DRAINING)
-        self.offloader.shutdown(self.settings.shutdown_grace if grace is None else grace)
+        self.request_shutdown("stopping")
+        self.offloader.shutdown(self.grace_left())
         install_offloader(None)
         self.watchdog.stop()
         self.lifecycle.transition(State.STOPPED)
         log.info("service_stopped", reason=self.shutdown_reason)
-
-    async def shutdown_async(self, grace: float | None = None) -> None:
-        """:meth:`shutdown` without blocking the loop."""
-        await run_in_thread(self.shutdown, grace)

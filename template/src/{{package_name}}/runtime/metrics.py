@@ -67,6 +67,9 @@ REQUEST_DURATION = Histogram(
     ["method", "status"],
     buckets=_DURATION_BUCKETS,
 )
+REQUESTS_IN_FLIGHT = Gauge(
+    "requests_in_flight", "RPCs accepted by the server and not finished yet, by method.", ["method"]
+)
 SERVICE_READY = Gauge("service_ready", "1 while the service is ready for traffic, else 0.")
 
 

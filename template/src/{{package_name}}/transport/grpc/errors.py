@@ -7,6 +7,9 @@ client also receives, so the two can be matched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
 
 from ...runtime.offload import OffloadRejected, OffloadTimeout, WorkerCrashed
@@ -19,6 +22,34 @@ class InvalidArgumentError(Exception):
 
 
 UNDECODABLE_REQUEST = "the request is not a valid message of this method's request type"
+
+
+class _Undecodable:
+    """Stands in for a request message that could not be parsed."""
+
+    def __repr__(self) -> str:
+        return "UNDECODABLE"
+
+
+UNDECODABLE: Any = _Undecodable()
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, but garbage gives :data:`UNDECODABLE` instead of an exception.
+
+    grpcio answers a request it cannot parse with INTERNAL, which reads like a server bug and
+    counts against error budgets; the interceptors answer INVALID_ARGUMENT instead.
+    """
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # protobuf's DecodeError, or whatever a custom codec raises
+            return UNDECODABLE
+
+    return deserialize
 
 
 def status_for(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:

@@ -64,7 +64,7 @@ class SyncHealth:
         self._servicer.set(LIVENESS, SERVING)
 
     def add_to(self, server: grpc.Server) -> None:
-        _add(server, _OnOwnThreads(self._servicer.Check, self._checks), self._watches)
+        _add(server, OnOwnThreads(self._servicer.Check, self._checks), self._watches)
 
     def serving(self) -> None:
         self._set_all(SERVING)
@@ -82,7 +82,7 @@ class SyncHealth:
             self._servicer.set(name, status)
 
 
-class _OnOwnThreads:
+class OnOwnThreads:
     """A handler grpcio runs on ``experimental_thread_pool`` instead of its handler threads."""
 
     def __init__(self, behavior: Callable[..., Any], pool: ThreadPoolExecutor) -> None:

@@ -1,7 +1,7 @@
 """The two ports a gRPC service opens: the gRPC port, and a small HTTP port for /metrics.
 
-Either one being taken (or the host not being an address of this machine) ends start-up with
-one clear log line and exit status 1, not a traceback.
+Either one being taken (or the host not being an address of this machine) fails the start
+(:class:`StartupError`): one clear log line and exit status 1, not a traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 
-from ...runtime.logging import get_logger
+from ...runtime.lifecycle import StartupError
 from ...runtime.metrics import start_metrics_server
-
-log = get_logger(__name__)
 
 
 def address(host: str, port: int) -> str:
@@ -27,8 +25,7 @@ def listen(server: grpc.Server | grpc.aio.Server, host: str, port: int) -> str:
     try:
         server.add_insecure_port(target)
     except RuntimeError:
-        log.error("startup_failed", reason=f"cannot listen on {target} (in use or not local)")
-        raise SystemExit(1) from None
+        raise StartupError(f"cannot listen on {target} (in use or not local)") from None
     return target
 
 
@@ -40,6 +37,5 @@ def serve_metrics(host: str, port: int) -> WSGIServer | None:
         server, _thread = start_metrics_server(host, port)
     except OSError as error:
         target = address(host, port)
-        log.error("startup_failed", reason=f"cannot serve metrics on {target}: {error.strerror}")
-        raise SystemExit(1) from None
+        raise StartupError(f"cannot serve metrics on {target}: {error.strerror}") from None
     return server

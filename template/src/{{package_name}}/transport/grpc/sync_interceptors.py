@@ -1,137 +1,125 @@
-"""The thread-pool server's interceptor: request context, stall watch, access log, metrics, errors.
+"""The thread-pool server's interceptor: the core's sequence (``interceptor.py``) on threads.
 
-grpcio calls ``intercept_service`` on its polling thread, so it only wraps the method's
-handler; the wrapper runs on a handler thread for each RPC and, in this order:
-
-1. takes the request id from ``x-request-id`` metadata (or makes one) and sends it back in
-   the trailing metadata (streamed responses: in the initial metadata too);
-2. binds it (and a W3C ``traceparent``) for every log line the handler and its offloaded work
-   write;
-3. registers the handler with the stall watchdog, which logs the thread's stack if the
-   handler runs longer than the stall threshold, while it still runs;
-4. turns an exception, or a request message that cannot be parsed, into a status
-   (``errors.py``): the client gets a useful message, never internals, and the server carries on;
-5. writes one access log line and observes ``request_duration_seconds``.
-
-Streaming RPCs get the same, except the stall watch: a stream that waits between messages
-is not stalled.
+grpcio calls ``intercept_service`` on its polling thread, so it only decides: an RPC past the
+admission limit gets a handler that refuses it on a thread of its own, reflection runs on
+threads of its own (like health checks, see ``health.py``), and an application RPC gets its
+handler rebuilt. The wrapper then runs on a handler thread; unary RPCs are also watched by the
+stall watchdog, which logs the thread's stack if the handler runs longer than the stall
+threshold. A stream that waits between messages is not stalled, so streams are not watched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 import grpc
 
 from ...runtime.stall import StallWatchdog
-from .calls import UNDECODABLE, Call, is_observed, tolerant
-from .errors import UNDECODABLE_REQUEST, InvalidArgumentError, status_for
+from .admission import REJECTED, Admission
+from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
+from .health import OnOwnThreads
+from .interceptor import Handler, InterceptorCore, begin, deadline_passed
+from .rpc import RpcRecord, is_observed
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
-StreamBehavior = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 
 
-class RequestInterceptor(grpc.ServerInterceptor):
-    """Wraps every application RPC; health checks and reflection pass through untouched."""
-
-    def __init__(self, watchdog: StallWatchdog) -> None:
+class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
+    def __init__(self, admission: Admission, watchdog: StallWatchdog) -> None:
+        super().__init__(admission)
         self._watchdog = watchdog
+        self._own_threads = ThreadPoolExecutor(2, thread_name_prefix="grpc-infra")
+        self._refuse: Handler = grpc.unary_unary_rpc_method_handler(
+            OnOwnThreads(_refuse, self._own_threads)
+        )
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_observed(method):
-            return handler  # None: grpcio answers UNIMPLEMENTED
-        return self._wrap(handler, method)
+        if handler is None:
+            return None  # grpcio answers UNIMPLEMENTED
+        if not is_observed(method):
+            return _on_threads(handler, self._own_threads)
+        if not self.admission.try_enter():  # given back by AdmittedThreads
+            return self._refuse
+        return self.rebuild(handler, method)
 
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        deserializer = handler.request_deserializer
-        if not handler.request_streaming:
-            deserializer = tolerant(deserializer)  # garbage: INVALID_ARGUMENT, not INTERNAL
-        codec = {
-            "request_deserializer": deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            behavior = _unary(handler.unary_unary, method, self._watchdog)
-            return grpc.unary_unary_rpc_method_handler(behavior, **codec)
-        if handler.stream_unary is not None:
-            behavior = _unary(handler.stream_unary, method, self._watchdog)
-            return grpc.stream_unary_rpc_method_handler(behavior, **codec)
-        if handler.unary_stream is not None:
-            stream = _streaming(handler.unary_stream, method)
-            return grpc.unary_stream_rpc_method_handler(stream, **codec)
-        assert handler.stream_stream is not None
-        stream = _streaming(handler.stream_stream, method)
-        return grpc.stream_stream_rpc_method_handler(stream, **codec)
+    def handle(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
+        if streamed:
+            return self._streaming(behavior, method)
+        watchdog = self._watchdog
 
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            record = begin(method, context)
+            with record.scope():
+                if request is UNDECODABLE:
+                    _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
+                with watchdog.watch_handler(method, request_id=record.request_id):
+                    try:
+                        response = behavior(request, context)
+                    except Exception as error:  # every failure becomes a status
+                        _fail(record, context, error)
+                record.finish(_final_code(context))
+                return response
 
-def _unary(behavior: Behavior, method: str, watchdog: StallWatchdog) -> Behavior:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        call = _begin(method, context)
-        with call.scope():
-            if request is UNDECODABLE:
-                _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-            with watchdog.watch_handler(method, request_id=call.request_id):
+        return handle
+
+    @staticmethod
+    def _streaming(behavior: Behavior, method: str) -> Behavior:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            record = begin(method, context)
+            context.send_initial_metadata(record.response_metadata)  # before the first message
+            with record.scope():
+                if request is UNDECODABLE:
+                    _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                 try:
-                    response = behavior(request, context)
+                    yield from behavior(request, context)
                 except Exception as error:  # every failure becomes a status
-                    _fail(call, context, error)
-            call.finish(_final_code(context))
-            return response
+                    _fail(record, context, error)
+                record.finish(_final_code(context))
 
-    return handle
-
-
-def _streaming(behavior: StreamBehavior, method: str) -> StreamBehavior:
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _begin(method, context)
-        context.send_initial_metadata(call.response_metadata)  # before the first message
-        with call.scope():
-            if request is UNDECODABLE:
-                _fail(call, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-            try:
-                yield from behavior(request, context)
-            except Exception as error:  # every failure becomes a status
-                _fail(call, context, error)
-            call.finish(_final_code(context))
-
-    return handle
+        return handle
 
 
-def _begin(method: str, context: grpc.ServicerContext) -> Call:
-    call = Call.begin(method, context.invocation_metadata(), context.peer())
-    # Trailing metadata reaches every client; sending initial metadata on its own would cost
-    # an extra round of work per RPC (a quarter more CPU for a light unary RPC).
-    context.set_trailing_metadata(call.response_metadata)
-    return call
+def _refuse(_request: Any, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
 
 
-def _fail(call: Call, context: grpc.ServicerContext, error: Exception) -> NoReturn:
+def _on_threads(handler: Handler, pool: ThreadPoolExecutor) -> Handler:
+    """``handler`` run on ``pool`` rather than the handler threads (unless it chose already)."""
+    fields = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    behaviors = {name: getattr(handler, name) for name in fields}
+    own = ("experimental_thread_pool", "experimental_non_blocking")
+    if any(getattr(b, name, None) for b in behaviors.values() for name in own):
+        return handler  # health checks: on threads of their own already, or non-blocking
+    return handler._replace(  # type: ignore[attr-defined, no-any-return]
+        **{name: OnOwnThreads(b, pool) for name, b in behaviors.items() if b is not None}
+    )
+
+
+def _fail(record: RpcRecord, context: grpc.ServicerContext, error: Exception) -> NoReturn:
     """Answer with the status ``error`` stands for; log it; never returns."""
     chosen = _code_set_by_handler(context)
     if chosen is not None and type(error) is Exception and not error.args:
         # The handler called context.abort(): grpcio raises a bare Exception after recording
         # the status the handler chose, which is what the client gets.
-        call.finish(chosen)
+        record.finish(chosen)
         raise error
-    code, details = status_for(error, call.request_id)
-    call.finish(code, error)
+    code, details = status_for(error, record.request_id)
+    record.finish(code, error)
     context.abort(code, details)
 
 
 def _final_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """The status the client sees for an RPC whose handler returned."""
     if not context.is_active():
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if deadline_passed(context):
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     return _code_set_by_handler(context) or grpc.StatusCode.OK

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ...runtime.settings import RuntimeSettings
 
@@ -28,3 +28,19 @@ class HttpSettings(RuntimeSettings):
             "of the load balancer in front (ALB: 60 s), or it sees connections vanish: 502s."
         ),
     )
+    request_budget: float | None = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a request may take, offloaded work included: its deadline, which the "
+            "offload pool honours. Empty: no deadline."
+        ),
+    )
+
+    @field_validator("request_budget", mode="before")
+    @classmethod
+    def _no_budget(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "off"}:
+            return None
+        return value

@@ -3,18 +3,21 @@
 Handlers run on the event loop, so they must not block it: hand anything CPU-bound or
 blocking to ``offload()``, as ``validate`` does. When the offload pool is full, ``offload``
 raises ``OffloadRejected`` and the client gets 503 with Retry-After; other errors become
-problem+json responses too (see ``transport/http/problems.py``).
+problem+json responses too (see ``transport/http/problems.py``). What handlers share (clients,
+pools, caches) is opened in ``resources.py``; a handler asks for it with ``Depends``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, Field
 
 from .documents import Problem, validate_document
+from .resources import Resources
 from .runtime import offload
+from .transport.http.dependencies import shared_resources
 from .transport.http.problems import problem_responses
 
 router = APIRouter(prefix="/v1")
@@ -42,6 +45,7 @@ async def validate(
         dict[str, Any],
         Body(examples=[{"name": "Ada", "email": "ada@example.com"}]),
     ],
+    resources: Annotated[Resources, Depends(shared_resources)],
 ) -> ValidationReport:
     """Check every string in the document; the answer lists what is wrong with it.
 
@@ -49,6 +53,7 @@ async def validate(
     pool, never on the event loop.
     """
     problems = await offload(validate_document, document)
+    resources.tally.record(problems)
     return ValidationReport(valid=not problems, problems=problems)
 
 

@@ -11,8 +11,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from .runtime.settings import load_settings
-from .transport.http.settings import HttpSettings
+from ...runtime.settings import load_settings
+from .settings import HttpSettings
 
 TIMEOUT_SECONDS = 3.0
 
@@ -38,7 +38,3 @@ def main() -> int:
         print(f"not ready: {url} answered {status}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

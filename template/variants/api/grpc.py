@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from .documents import Problem, validate_document
+from .resources import Resources
 from .runtime import current_request_id, offload_sync
 from .transport.grpc.errors import InvalidArgumentError
 from .v1 import documents_pb2, documents_pb2_grpc
@@ -28,11 +29,15 @@ from .v1 import documents_pb2, documents_pb2_grpc
 class DocumentService(documents_pb2_grpc.DocumentServiceServicer):
     """Validates documents (``proto/.../v1/documents.proto``)."""
 
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
     def Validate(
         self, request: documents_pb2.ValidateRequest, context: grpc.ServicerContext
     ) -> documents_pb2.ValidateResponse:
         document = parse_document(request.document_json)
         problems = offload_sync(validate_document, document)
+        self.resources.tally.record(problems)
         return validation_response(problems)
 
     def Ping(
@@ -62,7 +67,9 @@ def validation_response(problems: Sequence[Problem]) -> documents_pb2.ValidateRe
     )
 
 
-def add_services(server: grpc.Server) -> list[str]:
-    """Register this module's servicers on ``server``; their full names, for health checking."""
-    documents_pb2_grpc.add_DocumentServiceServicer_to_server(DocumentService(), server)
+def add_services(server: grpc.Server, resources: Resources) -> list[str]:
+    """Register this module's servicers on ``server``, sharing ``resources`` (``resources.py``);
+    their full names, for health checking.
+    """
+    documents_pb2_grpc.add_DocumentServiceServicer_to_server(DocumentService(resources), server)
     return [documents_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name]

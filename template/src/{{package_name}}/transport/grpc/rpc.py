@@ -1,64 +1,35 @@
 """What both gRPC servers record about each RPC: request id, access log line, metrics.
 
-The interceptors (``sync_interceptors.py`` or ``aio_interceptors.py``) create a :class:`Call`
-when an RPC starts, run the handler inside :meth:`Call.scope` and :meth:`Call.finish` it with
-the final status. Health checks and reflection are infrastructure, polled every few seconds:
-they get no log line and no metrics.
+The interceptor core (``interceptor.py``) starts an :class:`RpcRecord` when an application
+RPC starts, runs the handler inside :meth:`RpcRecord.scope` and :meth:`RpcRecord.finish`-es it
+with the final status. Health checks and reflection are infrastructure, polled every few
+seconds: they get no record, no log line and no metrics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
-from prometheus_client import Gauge
+from prometheus_client.metrics import Histogram
 
-from ...runtime.context import accept_request_id, accept_traceparent, bind
+from ...runtime.context import accept_request_id, accept_traceparent, bind, deadline_after
 from ...runtime.logging import get_logger
-from ...runtime.metrics import observe_request
+from ...runtime.metrics import REQUEST_DURATION, REQUESTS_IN_FLIGHT
 from .errors import is_expected
 
 REQUEST_ID_KEY = "x-request-id"
 TRACEPARENT_KEY = "traceparent"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+# gRPC reports "no deadline" as a deadline centuries away.
+NO_DEADLINE = 10**8
 
 log = get_logger("access")
 
-REQUESTS_IN_FLIGHT = Gauge(
-    "requests_in_flight", "RPCs accepted by the server and not finished yet, by method.", ["method"]
-)
-
-
-class _Undecodable:
-    """Stands in for a request message that could not be parsed."""
-
-    def __repr__(self) -> str:
-        return "UNDECODABLE"
-
-
-UNDECODABLE: Any = _Undecodable()
-
-
-def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserializer``, but garbage gives :data:`UNDECODABLE` instead of an exception.
-
-    grpcio answers a request it cannot parse with INTERNAL, which reads like a server bug and
-    counts against error budgets; the interceptors answer INVALID_ARGUMENT instead.
-    """
-    if deserializer is None:
-        return None
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception:  # protobuf's DecodeError, or whatever a custom codec raises
-            return UNDECODABLE
-
-    return deserialize
+_durations: dict[tuple[str, grpc.StatusCode], Histogram] = {}
 
 
 def is_observed(method: str) -> bool:
@@ -74,25 +45,33 @@ def _first(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str 
 
 
 @dataclass
-class Call:
-    """One RPC being handled."""
+class RpcRecord:
+    """One application RPC being handled."""
 
     method: str
     request_id: str
     traceparent: str | None
     peer: str
+    time_remaining: float | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def begin(
-        cls, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, peer: str
-    ) -> Call:
+        cls,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        peer: str,
+        time_remaining: float | None,
+    ) -> RpcRecord:
         """Start recording; the request id is the client's ``x-request-id`` if well-formed."""
         return cls(
             method=method,
             request_id=accept_request_id(_first(metadata, REQUEST_ID_KEY)),
             traceparent=accept_traceparent(_first(metadata, TRACEPARENT_KEY)),
             peer=peer,
+            time_remaining=None
+            if time_remaining is None or time_remaining > NO_DEADLINE
+            else time_remaining,
         )
 
     @property
@@ -102,15 +81,25 @@ class Call:
 
     @contextmanager
     def scope(self) -> Iterator[None]:
-        """While the RPC runs: its request id is bound for log lines, and it counts as in flight."""
+        """While the RPC runs: its request id and the client's deadline are bound (for log
+        lines and offloaded work), and it counts as in flight.
+        """
         in_flight = REQUESTS_IN_FLIGHT.labels(method=self.method)
-        with bind(self.request_id, self.traceparent), in_flight.track_inprogress():
+        with (
+            bind(self.request_id, self.traceparent),
+            deadline_after(self.time_remaining),
+            in_flight.track_inprogress(),
+        ):
             yield
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
         """Write the access log line and observe the latency histogram."""
         seconds = time.perf_counter() - self.started
-        observe_request(self.method, code.name, seconds)
+        duration = _durations.get((self.method, code))
+        if duration is None:
+            duration = REQUEST_DURATION.labels(method=self.method, status=code.name)
+            _durations[(self.method, code)] = duration
+        duration.observe(seconds)
         fields: dict[str, object] = {
             "method": self.method,
             "status": code.name,

@@ -15,16 +15,17 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .runtime.settings import load_settings
-from .transport.grpc.listening import address
-from .transport.grpc.settings import GrpcSettings
+from ...runtime.settings import load_settings
+from .listening import address
+from .settings import GrpcSettings
 
 # A server listening on every interface is reached over loopback.
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}  # noqa: S104 - compared against, not bound
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__package__}.healthcheck")
+    package = (__package__ or "").partition(".")[0]
+    parser = argparse.ArgumentParser(prog=f"python -m {package}.healthcheck")
     parser.add_argument("--service", default="", help='service name to ask about ("": the server)')
     parser.add_argument("--address", help="HOST:PORT of the server (default: from the settings)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
@@ -49,7 +50,3 @@ def _local_address() -> str:
     settings = load_settings(GrpcSettings)
     host = "127.0.0.1" if settings.host in WILDCARD_HOSTS else settings.host
     return address(host, settings.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
