@@ -15,7 +15,7 @@ import grpc
 
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
-from .interceptor import Handler, InterceptorCore, begin, deadline_passed
+from .interceptor import InterceptorCore, begin, deadline_passed
 from .rpc import RpcRecord, is_observed
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,9 +26,11 @@ StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not is_observed(method):

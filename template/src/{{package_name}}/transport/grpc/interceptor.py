@@ -16,16 +16,13 @@ untouched; an application RPC's handler is rebuilt around the flavour's ``handle
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
 import grpc
 
 from .admission import Admission
 from .errors import tolerant
 from .rpc import RpcRecord
-
-# grpcio's handler type is generic for type checkers only.
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -50,7 +47,9 @@ class InterceptorCore:
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
 
-    def rebuild(self, handler: Handler, method: str) -> Handler:
+    def rebuild(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         """``handler`` with its behaviour wrapped by :meth:`handle`, whatever its arity."""
         deserializer = handler.request_deserializer
         if not handler.request_streaming:

@@ -20,7 +20,7 @@ from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .health import OnOwnThreads
-from .interceptor import Handler, InterceptorCore, begin, deadline_passed
+from .interceptor import InterceptorCore, begin, deadline_passed
 from .rpc import RpcRecord, is_observed
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
@@ -31,15 +31,15 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
         super().__init__(admission)
         self._watchdog = watchdog
         self._own_threads = ThreadPoolExecutor(2, thread_name_prefix="grpc-infra")
-        self._refuse: Handler = grpc.unary_unary_rpc_method_handler(
+        self._refuse: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
             OnOwnThreads(_refuse, self._own_threads)
         )
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
@@ -91,7 +91,9 @@ def _refuse(_request: Any, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
 
 
-def _on_threads(handler: Handler, pool: ThreadPoolExecutor) -> Handler:
+def _on_threads(
+    handler: grpc.RpcMethodHandler[Any, Any], pool: ThreadPoolExecutor
+) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` run on ``pool`` rather than the handler threads (unless it chose already)."""
     fields = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     behaviors = {name: getattr(handler, name) for name in fields}
