@@ -28,6 +28,30 @@ class HttpSettings(RuntimeSettings):
             "of the load balancer in front (ALB: 60 s), or it sees connections vanish: 502s."
         ),
     )
+    max_header_size: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "Largest request head (request line and header fields) in bytes; a larger one is "
+            "answered 431 and the connection closed before the rest is read."
+        ),
+    )
+    max_headers: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Most header fields a request may have; more are answered 431.",
+    )
+    header_timeout: float = Field(
+        default=15,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a client may take to send a request's header fields, from its first byte "
+            "(or from connecting); a slower one is answered 408 and disconnected."
+        ),
+    )
     request_budget: float | None = Field(
         default=60,
         gt=0,

@@ -1,0 +1,122 @@
+"""uvicorn's httptools protocol with the request head bounded: its size, its header count, and
+the time a client may take to send it.
+
+uvicorn bounds none of them with httptools (h11 has one size limit, answered with 400), and
+httptools keeps a header being received in memory however long it grows: a 64 MiB header
+stalled the loop for seconds and tripled the process's memory, and connections that send their
+headers a byte at a time (slowloris) were held open forever. Here a head past
+``max_header_size`` bytes or ``max_headers`` fields is answered 431 and the connection closed
+once the first chunk over the limit arrives, so at most one read (256 KiB) more than the limit
+is ever held; a head not complete within ``header_timeout`` seconds of its first byte (or of
+the connection) is answered 408 and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ...runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_header_size: int
+    max_headers: int
+    header_timeout: float
+
+
+class _TooManyHeadersError(Exception):
+    pass
+
+
+def bounded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
+    """The protocol class to give uvicorn, with ``limits``."""
+    # Named like the class it extends: it is uvicorn's httptools protocol, with limits.
+    return type("HttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    limits: HeadLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._refusal: tuple[int, str] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.limits.max_header_size:
+            self._refuse(431, "The request's header fields are larger than the service accepts.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._arm_head_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if len(self.headers) > self.limits.max_headers:
+            self._refusal = (431, "The request has more header fields than the service accepts.")
+            raise _TooManyHeadersError  # httptools stops parsing; uvicorn calls send_400_response
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(*self._refusal)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            timeout = self.limits.header_timeout
+            self._head_timer = self.loop.call_later(timeout, self._head_too_slow)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(408, "The request's header fields did not arrive in time.")
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` (a problem+json body) and close, whatever has been received."""
+        if self.transport.is_closing():
+            return
+        self._in_head = False
+        log.info("request_head_refused", status=status, detail=detail, client=self.client)
+        title = {408: "Request Timeout", 431: "Request Header Fields Too Large"}[status]
+        body = (
+            f'{{"type":"about:blank","title":"{title}","status":{status},"detail":"{detail}"}}'
+        ).encode()
+        head = (
+            f"HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        self.transport.write(head + body)
+        self.transport.close()

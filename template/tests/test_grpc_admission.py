@@ -1,0 +1,66 @@
+"""Health is never shed: past ``max_concurrent_rpcs`` application RPCs are refused at once,
+while health checks, open Watch streams, the liveness service and reflection are answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import ServiceProcess, wait_until
+from grpc_support import SERVICE, document_costing, documents_pb2, documents_pb2_grpc, start_grpc
+
+LARGE_MESSAGES = 32 * 1024 * 1024
+WATCHES = 20
+
+
+def test_a_saturated_server_still_answers_health_liveness_and_reflection(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    service = start_grpc(
+        start_service,
+        max_concurrent_rpcs=2,
+        offload_workers=1,
+        offload_queue=1,
+        max_message_size=LARGE_MESSAGES,
+    )
+    heavy = documents_pb2.ValidateRequest(document_json=document_costing(3.0))
+    validate = f"/{SERVICE}/Validate"
+    with service.channel() as channel:
+        stub = documents_pb2_grpc.DocumentServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        watches = [health.Watch(request, timeout=60) for _ in range(WATCHES)]
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert all(next(watch).status == serving for watch in watches)
+        slow = [stub.Validate.future(heavy, timeout=120) for _ in range(2)]
+        wait_until(
+            lambda: service.metric("requests_in_flight", method=validate) == 2,
+            what="both slow RPCs to be in flight",
+        )
+
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Ping(documents_pb2.PingRequest(), timeout=10)
+        assert isinstance(refused.value, grpc.Call)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        assert service.health() == "SERVING"
+        assert service.health("liveness") == "SERVING"
+        assert service.health(SERVICE) == "SERVING"
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        answers = list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        listed = {s.name for s in answers[0].list_services_response.service}
+        assert SERVICE in listed
+        assert not any(future.done() for future in slow), "the slow RPCs ended too soon"
+
+        assert all(future.result().valid for future in slow)
+        for watch in watches:
+            watch.cancel()
+    with service.channel() as channel:  # and the places are given back
+        stub = documents_pb2_grpc.DocumentServiceStub(channel)
+        assert stub.Ping(documents_pb2.PingRequest(), timeout=10).request_id
