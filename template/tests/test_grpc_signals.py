@@ -20,7 +20,7 @@ def block_a_handler(service: GrpcService, channel: grpc.Channel) -> grpc.Future[
 
 
 def test_a_second_signal_exits_at_once_while_a_handler_is_blocked() -> None:
-    service = start_failing_grpc(drain_delay=0)
+    service = start_failing_grpc(drain_delay=0, offload_executor="thread")
     try:
         with service.channel() as channel:
             block_a_handler(service, channel)
@@ -35,7 +35,7 @@ def test_a_second_signal_exits_at_once_while_a_handler_is_blocked() -> None:
 
 
 def test_sigusr1_dumps_every_threads_stack_while_a_handler_is_blocked() -> None:
-    service = start_failing_grpc()
+    service = start_failing_grpc(offload_executor="thread")
     try:
         with service.channel() as channel:
             block_a_handler(service, channel)

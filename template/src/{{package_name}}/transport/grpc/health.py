@@ -59,7 +59,7 @@ class SyncHealth:
         self.names = _names(services)
         self._servicer = health.HealthServicer(experimental_non_blocking=True)
         self._checks = ThreadPoolExecutor(2, thread_name_prefix="grpc-health")
-        self._watches = _EndableWatches(self._servicer.Watch)
+        self._watches = _EndableWatches(self._servicer.Watch, self._checks)
         self._set_all(NOT_SERVING)
         self._servicer.set(LIVENESS, SERVING)
 
@@ -98,8 +98,10 @@ class _EndableWatches:
 
     experimental_non_blocking = True  # grpcio passes a callback instead of taking a thread
 
-    def __init__(self, watch: Callable[..., Any]) -> None:
+    def __init__(self, watch: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
         self._watch = watch
+        # Starting a stream takes a thread for a moment: one of health's own, never a handler's.
+        self.experimental_thread_pool = pool
         self._lock = threading.Lock()
         self._open: set[_Stream] = set()
 

@@ -97,9 +97,8 @@ def _on_threads(
     """``handler`` run on ``pool`` rather than the handler threads (unless it chose already)."""
     fields = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     behaviors = {name: getattr(handler, name) for name in fields}
-    own = ("experimental_thread_pool", "experimental_non_blocking")
-    if any(getattr(b, name, None) for b in behaviors.values() for name in own):
-        return handler  # health checks: on threads of their own already, or non-blocking
+    if any(hasattr(b, "experimental_thread_pool") for b in behaviors.values()):
+        return handler  # health checks: on threads of their own already
     return handler._replace(  # type: ignore[attr-defined, no-any-return]
         **{name: OnOwnThreads(b, pool) for name, b in behaviors.items() if b is not None}
     )
