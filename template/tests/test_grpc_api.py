@@ -22,6 +22,7 @@ from grpc_support import (
     document_costing,
     documents_pb2,
     documents_pb2_grpc,
+    in_process_channel,
     start_failing_grpc,
     start_grpc,
 )
@@ -65,6 +66,19 @@ def rpc_error(call: Callable[[], object]) -> grpc.Call:
     error = raised.value
     assert isinstance(error, grpc.Call)
     return error
+
+
+def test_in_process_validate_and_ping() -> None:
+    """Quick, without a subprocess: the servicers served in this process."""
+    with in_process_channel() as channel:
+        stub = documents_pb2_grpc.DocumentServiceStub(channel)
+        answer = stub.Validate(documents_pb2.ValidateRequest(document_json='{"email": "ada@"}'))
+        assert not answer.valid
+        assert [problem.path for problem in answer.problems] == ["/email"]
+        metadata = (("x-request-id", "req-1"),)
+        pong, call = stub.Ping.with_call(documents_pb2.PingRequest(), metadata=metadata)
+        assert pong.request_id == "req-1"
+        assert ("x-request-id", "req-1") in call.trailing_metadata()
 
 
 def test_validate_lists_the_problems_of_a_document(
