@@ -58,13 +58,17 @@ def main() -> int:
     heavy.reset()
     probes = Prober(args, clock, stop)
     scraper = Scraper(args.metrics_url, clock, stop)
+    scraper.scrape()
     probes.start()
     scraper.start()
     light = light_http(args) if args.kind == "http" else light_grpc(args)
     elapsed = clock.now()
     heavy_done = heavy.done
     stop.set()
-    for thread in (probes, scraper, *heavy.threads):
+    for thread in (probes, scraper):
+        thread.join(300)
+    scraper.scrape()  # the phase's last window, whatever the periodic scrapes missed
+    for thread in heavy.threads:
         thread.join(300)
     result = {
         "light": light,
@@ -341,16 +345,17 @@ class Scraper(threading.Thread):
         self.stop = stop
         self.scrapes: list[tuple[float, Histogram]] = []
 
+    def scrape(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as response:  # noqa: S310
+                text = response.read().decode()
+        except Exception:  # noqa: BLE001 - a missed scrape only widens the next window
+            return
+        self.scrapes.append((self.clock.now(), Histogram.parse(text)))
+
     def run(self) -> None:
-        while True:
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310
-                    text = response.read().decode()
-                self.scrapes.append((self.clock.now(), Histogram.parse(text)))
-            except OSError:
-                pass
-            if self.stop.wait(1.0):
-                break
+        while not self.stop.wait(1.0):
+            self.scrape()
 
     def summary(self) -> dict[str, Any]:
         if len(self.scrapes) < 2 or self.scrapes[-1][1].count == self.scrapes[0][1].count:
