@@ -9,8 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-from seed_load_test import Row, median, row_numbers  # noqa: E402
+import matplotlib.pyplot as plt
+from seed_load_test import Row, median, row_numbers
 
 COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 

@@ -77,7 +77,18 @@ def main() -> int:
     parser.add_argument("--charts", type=Path, default=REPO / "docs" / "benchmarks")
     parser.add_argument("--vcs-ref", default="HEAD", help="template revision to render")
     parser.add_argument("--no-render", action="store_true", help="reuse rendered projects")
+    parser.add_argument(
+        "--from-results", type=Path, help="print and draw a saved results.json, measure nothing"
+    )
     args = parser.parse_args()
+    try:
+        import charts  # matplotlib, loaded now: a missing one fails before the long run
+    except ImportError as error:
+        parser.error(f"{error}: run it with `uv run --group bench python {sys.argv[0]}`")
+    if args.from_results:
+        saved = json.loads(args.from_results.read_text())
+        report(saved, [name for name in FAMILIES if name in saved["families"]], args, charts)
+        return 0
     families = [name.strip() for name in args.family.split(",")]
     if unknown := set(families) - FAMILIES.keys():
         parser.error(f"unknown family {', '.join(sorted(unknown))}: use http and/or grpc")
@@ -131,17 +142,22 @@ def main() -> int:
     }
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, families, args, charts)
+    print(f"raw results: {args.work / 'results.json'}")
+    return 0
+
+
+def report(results: dict[str, Any], families: list[str], args: Any, charts: Any) -> None:
+    """The tables on stdout, the charts as PNG files."""
+    runs = results["runs"]
+    print(f"machine: {results['machine']}\ncommand: {results['command']}")
     for name in families:
         print()
         print(table(FAMILIES[name], runs))
-    import charts  # matplotlib: only needed once the numbers are in
-
     args.charts.mkdir(parents=True, exist_ok=True)
     for name in families:
         for path in charts.draw(name, FAMILIES[name], runs, results, args.charts):
             print(f"chart: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    print(f"raw results: {args.work / 'results.json'}")
-    return 0
 
 
 def render(transport: str, destination: Path, vcs_ref: str) -> None:
@@ -161,9 +177,7 @@ def render(transport: str, destination: Path, vcs_ref: str) -> None:
         quiet=True,
     )
     python = answer(destination, "python_version")
-    subprocess.run(
-        ["uv", "sync", "--quiet", "--python", python], cwd=destination, check=True
-    )
+    subprocess.run(["uv", "sync", "--quiet", "--python", python], cwd=destination, check=True)
 
 
 def measure(row: Row, project: Path, document: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -229,7 +243,8 @@ def spread(values: list[float], digits: int = 0) -> str:
     fmt = f"{{:,.{digits}f}}"
     if len(clean) == 1:
         return fmt.format(clean[0])
-    return f"{fmt.format(statistics.median(clean))} ({fmt.format(min(clean))}-{fmt.format(max(clean))})"
+    middle, low, high = (fmt.format(value) for value in (median(clean), min(clean), max(clean)))
+    return f"{middle} ({low}-{high})"
 
 
 def row_numbers(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -275,7 +290,7 @@ def table(rows: list[Row], runs: dict[str, list[dict[str, Any]]]) -> str:
             f"| {median(n['p50_alone']):.1f} / {median(n['p90_alone']):.1f} "
             f"| {median(n['p50_heavy']):.1f} / {median(n['p90_heavy']):.1f} "
             f"| {lag} | {spread(n['heavy_per_s'], 2)} "
-            f"| {int(sum(n['probe_failed']))} of {int(sum(n['probes']))} | {int(sum(n['errors']))} |"
+            f"| {sum(n['probe_failed']):.0f} of {sum(n['probes']):.0f} | {sum(n['errors']):.0f} |"
         )
     return "\n".join(lines)
 

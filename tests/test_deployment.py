@@ -995,7 +995,8 @@ def hpa_keda_makes(scaled: dict[str, Any]) -> dict[str, Any]:
     metrics: list[dict[str, Any]] = []
     for index, trigger in enumerate(spec["triggers"]):
         if trigger["type"] == "cpu":
-            target = {"type": "Utilization", "averageUtilization": int(trigger["metadata"]["value"])}
+            utilization = int(trigger["metadata"]["value"])
+            target = {"type": "Utilization", "averageUtilization": utilization}
             metrics.append({"type": "Resource", "resource": {"name": "cpu", "target": target}})
         else:
             target = {"type": "AverageValue", "averageValue": trigger["metadata"]["threshold"]}

@@ -38,19 +38,19 @@ def response(problems):  # type: ignore[no-untyped-def]
 
 
 class SyncService(stubs.DocumentServiceServicer):  # type: ignore[misc]
-    def Validate(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def Validate(self, request, context):  # type: ignore[no-untyped-def]
         try:
             problems = pool.submit(documents.check_document, request.document_json).result()
         except documents.InvalidDocument as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return response(problems)
 
-    def Ping(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    def Ping(self, request, context):  # type: ignore[no-untyped-def]
         return messages.PingResponse()
 
 
 class AioService(stubs.DocumentServiceServicer):  # type: ignore[misc]
-    async def Validate(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Validate(self, request, context):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         try:
             problems = await loop.run_in_executor(
@@ -60,7 +60,7 @@ class AioService(stubs.DocumentServiceServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         return response(problems)
 
-    async def Ping(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Ping(self, request, context):  # type: ignore[no-untyped-def]
         return messages.PingResponse()
 
 
