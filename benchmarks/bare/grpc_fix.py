@@ -17,20 +17,14 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import grpc
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from heartbeat import REGISTRY, heartbeat
+from prometheus_client import start_http_server
 
 flavour, package, port, metrics_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 documents = importlib.import_module(f"{package}.documents")
 messages = importlib.import_module(f"{package}.v1.documents_pb2")
 stubs = importlib.import_module(f"{package}.v1.documents_pb2_grpc")
 pool = ProcessPoolExecutor(max_workers=1)
-REGISTRY = CollectorRegistry()  # its own: nothing else in the process is measured
-LAG = Histogram(
-    "event_loop_lag_seconds",
-    "How late the event loop ran a timer callback that was due.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
-)
 
 
 def response(problems):  # type: ignore[no-untyped-def]
@@ -75,14 +69,6 @@ def serve_sync() -> None:
     start_http_server(metrics_port, addr="127.0.0.1", registry=REGISTRY)
     signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
     server.wait_for_termination()
-
-
-async def heartbeat(interval: float = 0.1) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + interval
-        await asyncio.sleep(interval)
-        LAG.observe(max(0.0, loop.time() - due))
 
 
 async def serve_aio() -> None:

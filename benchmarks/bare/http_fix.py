@@ -21,25 +21,11 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from heartbeat import REGISTRY, heartbeat
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 documents = importlib.import_module(f"{sys.argv[1]}.documents")
 pool = ProcessPoolExecutor(max_workers=1)
-REGISTRY = CollectorRegistry()  # its own: nothing else in the process is measured
-LAG = Histogram(
-    "event_loop_lag_seconds",
-    "How late the event loop ran a timer callback that was due.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=REGISTRY,
-)
-
-
-async def heartbeat(interval: float = 0.1) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + interval
-        await asyncio.sleep(interval)
-        LAG.observe(max(0.0, loop.time() - due))
 
 
 @asynccontextmanager
