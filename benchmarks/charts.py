@@ -94,7 +94,8 @@ def _lag_over_time(axis: Any, rows: list[Row], runs: dict[str, list[dict[str, An
     axis.set_ylabel("ms (p90 of each second's heartbeats)")
     axis.set_yscale("symlog", linthresh=1)
     axis.axhline(100, color="grey", linestyle=":", linewidth=1)
-    axis.text(0, 110, "stall threshold 100 ms", fontsize=7, color="grey")
+    axis.text(0.01, 110, "stall threshold 100 ms", fontsize=7, color="grey",
+              transform=axis.get_yaxis_transform())  # fmt: skip
     axis.set_title("Event-loop lag from the server's own histogram (sync gRPC has none)",
                    fontsize=9)  # fmt: skip
     if drawn:
