@@ -7,6 +7,7 @@ Each RPC runs as its own asyncio task. Stalls are watched for the whole event lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -45,13 +46,21 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
             return self._async_generator(behavior, method)
         return self._coroutine(behavior, method, streamed=streamed)
 
+    @contextlib.asynccontextmanager
+    async def _admitted(self, context: Context) -> AsyncIterator[None]:
+        """Inside, the RPC holds a place; past the limit it is refused at once."""
+        if not self.admission.try_enter():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
+        try:
+            yield
+        finally:
+            self.admission.leave()
+
     def _coroutine(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
-        admission = self.admission
+        admitted = self._admitted
 
         async def handle(request: Any, context: Context) -> Any:
-            if not admission.try_enter():
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
-            try:
+            async with admitted(context):
                 record = begin(method, context)
                 if streamed:  # the handler calls context.write(): the id goes ahead of them
                     await context.send_initial_metadata(record.response_metadata)
@@ -67,18 +76,14 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
                         await _fail(record, context, error)
                     record.finish(context.code() or grpc.StatusCode.OK)
                     return response
-            finally:
-                admission.leave()
 
         return handle
 
     def _async_generator(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        admission = self.admission
+        admitted = self._admitted
 
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-            if not admission.try_enter():
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
-            try:
+            async with admitted(context):
                 record = begin(method, context)
                 await context.send_initial_metadata(record.response_metadata)
                 with record.scope():
@@ -93,8 +98,6 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
                     except Exception as error:  # every failure becomes a status
                         await _fail(record, context, error)
                     record.finish(context.code() or grpc.StatusCode.OK)
-            finally:
-                admission.leave()
 
         return handle
 
