@@ -309,7 +309,11 @@ def environment_for(requirements: Sequence[str], python: str) -> Path:
         run([uv(), "venv", "--quiet", "--python", python, venv])
         listing = CACHE / f"env-{key}.txt"
         listing.write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        run([uv(), "pip", "install", "--quiet", "--python", venv / "bin" / "python", "-r", listing])
+        # The lowest version each range allows: what pyproject.toml promises to work with.
+        run(
+            [uv(), "pip", "install", "--quiet", "--resolution", "lowest-direct"]
+            + ["--python", venv / "bin" / "python", "-r", listing]
+        )
 
     once(CACHE / f"env-{key}.done", build)
     return venv
