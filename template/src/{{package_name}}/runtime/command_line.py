@@ -1,4 +1,4 @@
-"""The service's command line: ``--help`` and nothing else, as settings come from the environment."""
+"""The command line: only ``--help``, since every setting comes from the environment."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def parse_command_line(settings: type[RuntimeSettings], argv: Sequence[str] | No
     parser = argparse.ArgumentParser(
         prog=f"python -m {PACKAGE}",
         description=(
-            "Serve until SIGTERM, then drain and exit 0. Every setting is an environment "
-            "variable, listed below with its default."
+            "Serve until SIGTERM, then drain and exit 0. Every setting is an\n"
+            "environment variable, listed below with its default."
         ),
         epilog=f"settings:\n{describe_settings(settings)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
