@@ -310,10 +310,9 @@ def environment_for(requirements: Sequence[str], python: str) -> Path:
         listing = CACHE / f"env-{key}.txt"
         listing.write_text("\n".join(requirements) + "\n", encoding="utf-8")
         # The lowest version each range allows: what pyproject.toml promises to work with.
-        run(
-            [uv(), "pip", "install", "--quiet", "--resolution", "lowest-direct"]
-            + ["--python", venv / "bin" / "python", "-r", listing]
-        )
+        lowest = ["--resolution", "lowest-direct"]
+        target = ["--python", venv / "bin" / "python"]
+        run([uv(), "pip", "install", "--quiet", *lowest, *target, "-r", listing])
 
     once(CACHE / f"env-{key}.done", build)
     return venv
