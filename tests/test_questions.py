@@ -239,6 +239,7 @@ REFUSALS = [
     choice_case("executor", "fork"),
     choice_case("deployment", "heroku"),
     choice_case("python_version", "3.9"),
+    choice_case("license", "GPL"),
 ]
 
 
@@ -413,7 +414,14 @@ def test_interactive_prompt_refuses_bad_answers_and_accepts_corrections(
         ],
         tmp_path / "terminal.log",
     )
-    answers = {"package_name": "json_tools", "port": "8080", "author_email": "dev@example.com"}
+    answers = {
+        "package_name": "json_tools",
+        "author_email": "dev@example.com",
+        "port": "8080",
+        "stall_threshold_ms": "250",
+        "drain_delay_seconds": "4",
+        "shutdown_grace_seconds": "30",
+    }
     envoy = "Envoy needs 3 s to notice"
     bad = {
         "package_name": ["json", "p" * 31, "my service"],
