@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import git_env, run
+from support import git_env, run, spawn
 
 
 def free_port() -> int:
@@ -40,16 +40,7 @@ def clone(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo(clone: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
     env = {**git_env(), "PYTHONUNBUFFERED": "1"}
     env.pop("VIRTUAL_ENV", None)
-    with subprocess.Popen(
-        ["bash", clone / "scripts" / "demo", *args],
-        cwd=clone,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    ) as process:
+    with spawn(["bash", clone / "scripts" / "demo", *args], cwd=clone, env=env) as process:
         try:
             yield process
         finally:
