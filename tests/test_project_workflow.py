@@ -267,3 +267,27 @@ def test_buf_lints_the_protos_and_catches_a_breaking_change(locked_project: Path
     finally:
         proto.write_text(original)
         git("checkout", "--quiet", "main", cwd=locked_project)
+
+
+def test_template_check_fails_when_the_template_has_a_newer_version(
+    template: Path, tmp_path: Path
+) -> None:
+    """The scheduled CI job's command: exit 0 while up to date, non-zero once a new tag exists."""
+    source = tmp_path / "template"
+    shutil.copytree(template, source)
+    git("tag", "v1.0.0", cwd=source)
+    project = tmp_path / "svc"
+    render(template=source, destination=project, data={}, vcs_ref="v1.0.0")
+    git("init", "--quiet", "--initial-branch=main", cwd=project)
+    git("add", "--all", cwd=project)
+    git("commit", "--quiet", "-m", "Generated", cwd=project)
+    copier = f"COPIER={tool('copier')}"
+
+    current = run(["make", "template-check", copier], cwd=project, check=False)
+    assert current.returncode == 0, current.stdout
+
+    git("commit", "--quiet", "--allow-empty", "-m", "A fix", cwd=source)
+    git("tag", "v1.1.0", cwd=source)
+    newer = run(["make", "template-check", copier], cwd=project, check=False)
+    assert newer.returncode != 0, newer.stdout
+    assert "The template has a newer version: run copier update" in newer.stdout
