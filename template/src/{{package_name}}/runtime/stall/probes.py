@@ -1,0 +1,172 @@
+"""Where the time went: CPU clocks of threads and of the process, CPU the kernel withheld, GC.
+
+A stall looks the same from the outside whatever caused it: a timer ran late. These readings
+tell the causes apart. A thread's CPU clock only advances while that thread runs, so a loop
+thread that used almost no CPU during a stall was waiting (in a system call, or for the GIL),
+and one that used all of it was running. CPU the cgroup throttled or the hypervisor stole, and
+time in which no thread of the process ran at all, mean the process was paused.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# cgroup v2, then v1 (whose counter is in nanoseconds).
+_THROTTLE_FILES = (
+    (Path("/sys/fs/cgroup/cpu.stat"), "throttled_usec", 1e-6),
+    (Path("/sys/fs/cgroup/cpu/cpu.stat"), "throttled_time", 1e-9),
+    (Path("/sys/fs/cgroup/cpu,cpuacct/cpu.stat"), "throttled_time", 1e-9),
+)
+_PROC_STAT = Path("/proc/stat")
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def own_cpu_clock() -> int | None:
+    """The CPU-time clock of the calling thread, readable from any thread while it lives.
+
+    The clock id names the kernel thread, not a pointer: reading it after the thread has
+    ended fails cleanly (``OSError``) instead of crashing, which is why it is taken here, by
+    the thread itself, and kept.
+    """
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):  # not on this platform
+        return None
+
+
+def read_clock(clock: int | None) -> float | None:
+    """Seconds of CPU on ``clock``, or ``None`` if it is unknown or its thread has ended."""
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:
+        return None
+
+
+def _throttle_source() -> tuple[Path, str, float] | None:
+    for path, key, scale in _THROTTLE_FILES:
+        try:
+            if key in path.read_text(encoding="ascii"):
+                return path, key, scale
+        except OSError:
+            continue
+    return None
+
+
+def _steal_ticks() -> int | None:
+    """Ticks the hypervisor ran something else on this machine's CPUs (all CPUs summed)."""
+    try:
+        with _PROC_STAT.open("rb") as stat:
+            fields = stat.readline().split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class GcTimer:
+    """Total time spent in garbage collection, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.started: float | None = None
+        self.generation: int | None = None  # of the last collection longer than a millisecond
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self.started = now
+        elif self.started is not None:
+            took = now - self.started
+            self.total += took
+            self.started = None
+            if took > 0.001:
+                self.generation = info.get("generation")
+
+    def reading(self, now: float) -> float:
+        """Seconds spent in collections so far, counting one still running."""
+        started = self.started
+        return self.total + (now - started if started is not None else 0.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the clocks said at one moment (``at``, monotonic seconds)."""
+
+    at: float
+    process_cpu: float
+    threads: dict[int, float] = field(default_factory=dict)  # thread ident -> CPU seconds
+    gc: float = 0.0
+    throttled: float | None = None
+    steal: float | None = None
+
+
+class Probes:
+    """Takes :class:`Snapshot` readings; cheap enough for every watchdog tick."""
+
+    def __init__(self, gc_timer: GcTimer) -> None:
+        self.gc_timer = gc_timer
+        self._throttle = _throttle_source()
+        self._cpus = max(1, os.cpu_count() or 1)
+        self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
+        self.names: dict[int, str] = {}
+
+    def _thread_clocks(self) -> dict[int, int | None]:
+        alive = {thread.ident: thread for thread in threading.enumerate() if thread.ident}
+        for ident in self._clocks.keys() - alive.keys():
+            del self._clocks[ident]
+        for ident, thread in alive.items():
+            if ident not in self._clocks:
+                self.names[ident] = thread.name
+                try:
+                    # Listed by threading.enumerate(), so still running: its pthread is valid.
+                    self._clocks[ident] = time.pthread_getcpuclockid(ident)
+                except (AttributeError, OSError):
+                    self._clocks[ident] = None
+        return self._clocks
+
+    def take(self) -> Snapshot:
+        now = time.monotonic()
+        threads = {}
+        for ident, clock in self._thread_clocks().items():
+            cpu = read_clock(clock)
+            if cpu is not None:
+                threads[ident] = cpu
+        return Snapshot(
+            at=now,
+            process_cpu=time.process_time(),
+            threads=threads,
+            gc=self.gc_timer.reading(now),
+            throttled=self._throttled(),
+            steal=self._steal(),
+        )
+
+    def _throttled(self) -> float | None:
+        if self._throttle is None:
+            return None
+        path, key, scale = self._throttle
+        try:
+            for line in path.read_text(encoding="ascii").splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value) * scale
+        except (OSError, ValueError):
+            self._throttle = None
+        return None
+
+    def _steal(self) -> float | None:
+        ticks = _steal_ticks()
+        return None if ticks is None else ticks / _TICKS_PER_SECOND / self._cpus
