@@ -13,7 +13,7 @@ import asyncio
 import contextvars
 import weakref
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 from .. import context
 
@@ -37,14 +37,16 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
         context: contextvars.Context | None = None,
     ) -> asyncio.Future[Any]:
         task_context = context if context is not None else contextvars.copy_context()
+        task: asyncio.Future[Any]
         if previous is not None:
-            task = previous(loop, coro, context=task_context)  # type: ignore[call-arg]
+            # Factories take the context as a keyword since 3.11; typeshed does not say so.
+            task = cast(Any, previous)(loop, coro, context=task_context)
         else:
             task = asyncio.Task(coro, loop=loop, context=task_context)
         _contexts[task] = task_context
         return task
 
-    loop.set_task_factory(remembering)  # type: ignore[arg-type]
+    loop.set_task_factory(remembering)
 
 
 def task_context(task: asyncio.Future[Any]) -> contextvars.Context | None:

@@ -358,10 +358,23 @@ class StallWatchdog:
     def _check(self, peeked: dict[str, object]) -> None:
         """Report units that are stuck right now, while they are."""
         now = time.monotonic()
+        due = self._due(now, peeked)
+        if not due:
+            return
+        frames = sys._current_frames()
+        try:
+            for unit, generation, cpu in due:
+                self._report_detected(
+                    unit, generation, cpu, format_stack(frames.get(unit.thread_id)), now
+                )
+        finally:
+            del frames
+
+    def _due(self, now: float, peeked: dict[str, object]) -> list[tuple[_Unit, int, float | None]]:
+        """Units stuck for longer than the threshold (a handler: on CPU for that long)."""
         with self._lock:
-            loop = self._loop
             units: list[_Unit] = [*self._handlers]
-            if self._loop_unit is not None and loop is not None and loop.is_running():
+            if self._loop_unit is not None and self._loop is not None and self._loop.is_running():
                 units.append(self._loop_unit)  # a loop that has ended is not stalled
             due = []
             for unit in units:
@@ -369,49 +382,42 @@ class StallWatchdog:
                     continue
                 if unit.baseline is None:
                     unit.baseline = self._snapshot_before(unit.started)
-                if unit.kind == LOOP and not unit.task and peeked:
-                    unit.task = peeked
+                if unit.kind == LOOP and not unit.task:
+                    unit.task = peeked or tasks.running_task(self._loop)
                 cpu = _cpu_since(unit)
-                stuck = now - unit.since > self.threshold
                 if unit.kind == HANDLER:  # a handler that waits is not stalled
                     stuck = cpu is not None and cpu > self.threshold
+                else:
+                    stuck = now - unit.since > self.threshold
                 if stuck:
                     due.append((unit, unit.generation, cpu))
-        if not due:
-            return
-        frames = sys._current_frames()
-        try:
-            for unit, generation, cpu in due:
-                stack = format_stack(frames.get(unit.thread_id))
-                task = unit.task or (tasks.running_task(loop) if unit.kind == LOOP else {})
-                with self._lock:
-                    if unit.generation != generation or unit.reported:
-                        continue  # it moved on while we looked: the stack would be wrong
-                    unit.reported, unit.stack = True, stack
-                    unit.task = task
-                cause, extra = self._diagnose(unit, unit.started, now, cpu, unit.baseline)
-                if not cause.blames_code:
-                    continue  # reported as process_paused once it is over
-                stack = self._stack_for(unit, cause, stack, unit.started, now, extra)
-                with self._lock:
-                    if unit.generation == generation:
-                        unit.stack = stack
-                log.warning(
-                    "stall_detected",
-                    kind=unit.kind,
-                    name=unit.name,
-                    cause=cause.value,
-                    thread=thread_label(unit.thread_id),
-                    stalled_for=round(now - unit.since, 3),
-                    threshold=self.threshold,
-                    culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
-                    stack=stack or [],
-                    **extra,
-                    **task,
-                    **unit.fields,
-                )
-        finally:
-            del frames
+            return due
+
+    def _report_detected(
+        self, unit: _Unit, generation: int, cpu: float | None, sampled: list[str], now: float
+    ) -> None:
+        cause, extra = self._diagnose(unit, unit.started, now, cpu, unit.baseline)
+        stack = self._stack_for(unit, cause, sampled, (unit.started, now), extra)
+        with self._lock:
+            if unit.generation != generation or unit.reported:
+                return  # it moved on while we looked: the stack would be wrong
+            unit.reported, unit.stack = True, stack
+        if not cause.blames_code:
+            return  # reported as process_paused once it is over
+        log.warning(
+            "stall_detected",
+            kind=unit.kind,
+            name=unit.name,
+            cause=cause.value,
+            thread=thread_label(unit.thread_id),
+            stalled_for=round(now - unit.since, 3),
+            threshold=self.threshold,
+            culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
+            stack=stack or [],
+            **extra,
+            **unit.task,
+            **unit.fields,
+        )
 
     def _snapshot_before(self, moment: float) -> Snapshot:
         for snapshot in reversed(self._history):
@@ -462,15 +468,14 @@ class StallWatchdog:
         unit: _Unit,
         cause: Cause,
         sampled: list[str] | None,
-        start: float,
-        end: float,
+        window: tuple[float, float],
         extra: dict[str, object],
     ) -> list[str] | None:
         """The stack to report: faulthandler's, taken during the stall, when the GIL was held
         (a stack sampled afterwards would show where the thread went next); else ``sampled``.
         Adds the GIL holder's stack and culprit to ``extra`` for a :attr:`Cause.GIL_WAIT`.
         """
-        dumped = self._dump_during(start, end)
+        dumped = self._dump_during(*window)
         stack = sampled
         extra["stack_source"] = "sampled" if sampled is not None else None
         if dumped is not None and cause in (Cause.C_CODE, Cause.GC, Cause.GIL_WAIT):
@@ -496,7 +501,7 @@ class StallWatchdog:
         if not cause.blames_code:
             self._report_unit_pause(ended, extra)
             return
-        stack = self._stack_for(unit, cause, ended.stack, ended.started, now_snapshot.at, extra)
+        stack = self._stack_for(unit, cause, ended.stack, (ended.started, now_snapshot.at), extra)
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
         log.warning(
