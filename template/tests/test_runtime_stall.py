@@ -87,7 +87,9 @@ def assert_names_the_request(event: dict[str, object]) -> None:
     assert event["trace_id"] == TRACE_ID
 
 
-@pytest.mark.parametrize(("kind", "cause"), [("cpu", "python"), ("sleep", "syscall"), ("socket", "syscall")])
+@pytest.mark.parametrize(
+    ("kind", "cause"), [("cpu", "python"), ("sleep", "syscall"), ("socket", "syscall")]
+)
 def test_loop_stall_is_classified_and_reported_while_it_lasts(
     kind: str, cause: str, scenario: Callable[..., Scenario], tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ class Evidence:
 
     wall: float
     thread_cpu: float | None  # the stalled thread's own CPU time
+    thread_queued: float  # the stalled thread's time runnable but waiting for a CPU
     paused: float  # no thread ran: watchdog gaps without CPU, cgroup throttling, steal
     gil_starved: float  # the watchdog could not get the GIL while the process ran
     gc: float  # in garbage collection (any thread)
@@ -41,7 +42,8 @@ def classify(evidence: Evidence) -> Cause:
     """The class of a stall, from where its time went.
 
     "Most of" means at least half: of the wall time, or, for the running-or-waiting question,
-    of the time the process was allowed to run at all.
+    of the time the process was allowed to run at all. A thread that waited for a CPU (the
+    machine is crowded) counts as running: it was not blocked.
     """
     wall = evidence.wall
     cpu = evidence.thread_cpu
@@ -52,7 +54,7 @@ def classify(evidence: Evidence) -> Cause:
     if cpu is None:
         return Cause.UNKNOWN
     runnable = max(wall - evidence.paused, 1e-9)
-    if cpu >= runnable / 2:
+    if cpu + evidence.thread_queued >= runnable / 2:  # it ran, or wanted to: busy
         return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     # Another thread busy is not enough (C code may run there without the GIL): the watchdog
     # must have been kept from the GIL as well.

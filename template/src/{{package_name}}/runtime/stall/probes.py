@@ -49,6 +49,37 @@ def read_clock(clock: int | None) -> float | None:
         return None
 
 
+class ThreadStat:
+    """One thread's scheduler statistics (Linux): CPU time, and time runnable but waiting.
+
+    A thread that wants to run but gets no CPU, because other processes or threads have them,
+    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
+    The file stays open, so each reading is a single ``pread``.
+    """
+
+    def __init__(self, native_id: int) -> None:
+        path = f"/proc/self/task/{native_id}/schedstat"
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> tuple[float, float] | None:
+        """(CPU seconds, seconds waiting for a CPU), or ``None`` once the thread has ended."""
+        if self._fd is None:
+            return None
+        try:
+            fields = os.pread(self._fd, 128, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _throttle_source() -> tuple[Path, str, float] | None:
     for path, key, scale in _THROTTLE_FILES:
         try:
@@ -110,6 +141,7 @@ class Snapshot:
     process_cpu: float
     threads: dict[int, float] = field(default_factory=dict)  # thread ident -> CPU seconds
     gc: float = 0.0
+    queued: dict[int, float] = field(default_factory=dict)  # thread ident -> run-queue wait
     throttled: float | None = None
     steal: float | None = None
 
@@ -122,34 +154,42 @@ class Probes:
         self._throttle = _throttle_source()
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
+        self._stats: dict[int, ThreadStat] = {}
         self.names: dict[int, str] = {}
 
-    def _thread_clocks(self) -> dict[int, int | None]:
+    def _watch_threads(self) -> None:
         alive = {thread.ident: thread for thread in threading.enumerate() if thread.ident}
         for ident in self._clocks.keys() - alive.keys():
             del self._clocks[ident]
+            self._stats.pop(ident).close()
         for ident, thread in alive.items():
             if ident not in self._clocks:
                 self.names[ident] = thread.name
+                self._stats[ident] = ThreadStat(thread.native_id or 0)
                 try:
                     # Listed by threading.enumerate(), so still running: its pthread is valid.
                     self._clocks[ident] = time.pthread_getcpuclockid(ident)
                 except (AttributeError, OSError):
                     self._clocks[ident] = None
-        return self._clocks
 
     def take(self) -> Snapshot:
         now = time.monotonic()
-        threads = {}
-        for ident, clock in self._thread_clocks().items():
-            cpu = read_clock(clock)
-            if cpu is not None:
-                threads[ident] = cpu
+        self._watch_threads()
+        threads, queued = {}, {}
+        for ident, stat in self._stats.items():
+            reading = stat.read()
+            if reading is not None:
+                threads[ident], queued[ident] = reading
+            else:
+                cpu = read_clock(self._clocks[ident])
+                if cpu is not None:
+                    threads[ident] = cpu
         return Snapshot(
             at=now,
             process_cpu=time.process_time(),
             threads=threads,
             gc=self.gc_timer.reading(now),
+            queued=queued,
             throttled=self._throttled(),
             steal=self._steal(),
         )

@@ -37,7 +37,7 @@ from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, 
 from . import tasks
 from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
-from .probes import GcTimer, Probes, Snapshot, own_cpu_clock, read_clock
+from .probes import GcTimer, Probes, Snapshot, ThreadStat, own_cpu_clock, read_clock
 from .stacks import culprit, format_stack, thread_label
 
 LOOP = "event_loop"
@@ -59,8 +59,10 @@ class _Unit:
     name: str
     thread_id: int
     clock: int | None  # the thread's CPU clock
+    stat: ThreadStat  # the thread's scheduler statistics
     started: float  # monotonic start of the current stretch of work
     cpu_start: float  # the thread's CPU time then
+    queued_start: float  # the thread's run-queue wait then (0.0 where unknown)
     since: float  # from when on a lack of progress counts (the loop: when its beat was due)
     fields: dict[str, object] = field(default_factory=dict)
     generation: int = 0  # bumped on every sign of progress, so late captures are discarded
@@ -79,6 +81,7 @@ class _Ended:
     ended: float
     duration: float
     cpu: float | None
+    queued: float
     stack: list[str] | None
     task: dict[str, object]
     baseline: Snapshot | None
@@ -132,6 +135,7 @@ class StallWatchdog:
         self._gaps: deque[_Gap] = deque(maxlen=_SEGMENTS)
         self._dumps: deque[tuple[float, float, dict[str, list[str]]]] = deque(maxlen=4)
         self._pause_reported_until = 0.0
+        self._peeked: tuple[float, dict[str, object]] = (0.0, {})
         self._history.append(self._probes.take())
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,9 +191,18 @@ class StallWatchdog:
         ``name`` is the RPC method; ``fields`` (e.g. ``request_id=...``) go into every report.
         """
         now = time.monotonic()
-        unit = _Unit(HANDLER, name, threading.get_ident(), _thread_clock(), now, 0.0, now)
-        unit.cpu_start = time.thread_time()
-        unit.fields = dict(fields)
+        unit = _Unit(
+            HANDLER,
+            name,
+            threading.get_ident(),
+            _thread_clock(),
+            _thread_stat(),
+            now,
+            time.thread_time(),
+            _queued(),
+            now,
+            dict(fields),
+        )
         with self._lock:
             self._handlers.add(unit)
         _current.watch = (self, unit)
@@ -201,7 +214,7 @@ class StallWatchdog:
 
     def _settle(self, unit: _Unit) -> None:
         """Stop watching ``unit`` (on its own thread); report its last stretch if it stalled."""
-        now, cpu = time.monotonic(), time.thread_time()
+        now, cpu, queued = time.monotonic(), time.thread_time(), _queued()
         with self._lock:
             self._handlers.discard(unit)
             unit.generation += 1
@@ -211,6 +224,7 @@ class StallWatchdog:
                 now,
                 now - unit.started,
                 cpu - unit.cpu_start,
+                queued - unit.queued_start,
                 unit.stack,
                 dict(unit.fields),
                 unit.baseline,
@@ -236,6 +250,7 @@ class StallWatchdog:
         with self._lock:
             unit.started = unit.since = now
             unit.cpu_start = time.thread_time()
+            unit.queued_start = _queued()
             self._handlers.add(unit)
 
     def _hand_over(self, ended: _Ended) -> None:
@@ -254,7 +269,15 @@ class StallWatchdog:
         ident = threading.get_ident()
         now = time.monotonic()
         unit = _Unit(
-            LOOP, LOOP, ident, _thread_clock(), now, time.thread_time(), now + self.lag_interval
+            LOOP,
+            LOOP,
+            ident,
+            _thread_clock(),
+            _thread_stat(),
+            now,
+            time.thread_time(),
+            _queued(),
+            now + self.lag_interval,
         )
         with self._lock:
             self._loop_unit = unit
@@ -269,7 +292,7 @@ class StallWatchdog:
         loop.call_later(self.lag_interval, self._beat, loop, unit)
 
     def _beat(self, loop: asyncio.AbstractEventLoop, unit: _Unit) -> None:
-        now, cpu = time.monotonic(), time.thread_time()
+        now, cpu, queued = time.monotonic(), time.thread_time(), _queued()
         lag = max(0.0, now - unit.since)
         EVENTLOOP_LAG.observe(lag)
         with self._lock:
@@ -281,11 +304,12 @@ class StallWatchdog:
                     now,
                     lag,
                     cpu - unit.cpu_start,
+                    queued - unit.queued_start,
                     unit.stack,
                     dict(unit.task),
                     unit.baseline,
                 )
-            unit.started, unit.cpu_start = now, cpu
+            unit.started, unit.cpu_start, unit.queued_start = now, cpu, queued
             unit.since = now + self.lag_interval
             unit.generation += 1
             unit.reported, unit.stack, unit.baseline = False, None, None
@@ -302,34 +326,50 @@ class StallWatchdog:
     def _run(self) -> None:
         if self._dump is not None:
             self._dump.arm()
+        self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
         while True:
             self._wake.wait(self.tick)
             # First, before anything that could let the loop thread move on: which task is it
             # running? After a GIL-held stall this is the moment the blocking step ends.
-            peeked = self._peek_loop_task()
+            self._note_loop_task()
             self._wake.clear()
             self._observe()
             while self._ended:
                 self._report(self._ended.popleft(), self._history[-1])
             if self._stopping.is_set():
                 return
-            self._check(peeked)
+            self._check()
 
-    def _peek_loop_task(self) -> dict[str, object]:
+    def _note_loop_task(self) -> None:
+        """Remember the task an overdue loop is running, for the report at the stall's end."""
         unit = self._loop_unit
-        if unit is None or time.monotonic() <= unit.since:
-            return {}
-        return tasks.running_task(self._loop)
+        if unit is None or unit.task or time.monotonic() <= unit.since:
+            return
+        found = tasks.running_task(self._loop)
+        self._peeked = (time.monotonic(), found)  # the step may end before the next line runs
+        with self._lock:
+            if not unit.task and time.monotonic() > unit.since:
+                unit.task = found
 
     def _observe(self) -> None:
         """Read the clocks; note a gap in which the watchdog itself could not run."""
         previous = self._history[-1]
         snapshot = self._probes.take()
         self._history.append(snapshot)
+        me = threading.get_ident()
         late = snapshot.at - previous.at - self.tick
-        if late > _NOTICEABLE_GAP:
-            cpu = snapshot.process_cpu - previous.process_cpu
-            paused = max(0.0, late - cpu) if cpu < late / 2 else 0.0
+        # Mostly waiting for a CPU itself: the machine is crowded, nobody kept the GIL from it.
+        crowded = _delta(previous.queued, snapshot.queued, me) >= late / 2
+        if late > _NOTICEABLE_GAP and not crowded:
+            # Threads that ran or wanted to: none at all means the process was paused; some
+            # means one of them held the GIL the watchdog waited for.
+            active = sum(
+                _delta(previous.threads, snapshot.threads, ident)
+                + _delta(previous.queued, snapshot.queued, ident)
+                for ident in snapshot.threads
+                if ident != me
+            )
+            paused = max(0.0, late - active) if active < late / 2 else 0.0
             self._gaps.append(_Gap(previous.at, snapshot.at, late, paused))
             if paused > self.threshold:
                 self._report_watchdog_pause(previous, snapshot, paused)
@@ -355,22 +395,21 @@ class StallWatchdog:
             "throttling; no code of this service is to blame",
         )
 
-    def _check(self, peeked: dict[str, object]) -> None:
+    def _check(self) -> None:
         """Report units that are stuck right now, while they are."""
         now = time.monotonic()
-        due = self._due(now, peeked)
+        due = self._due(now)
         if not due:
             return
         frames = sys._current_frames()
         try:
-            for unit, generation, cpu in due:
-                self._report_detected(
-                    unit, generation, cpu, format_stack(frames.get(unit.thread_id)), now
-                )
+            for unit, generation, cpu, queued in due:
+                stack = format_stack(frames.get(unit.thread_id))
+                self._report_detected(unit, generation, (cpu, queued), stack, now)
         finally:
             del frames
 
-    def _due(self, now: float, peeked: dict[str, object]) -> list[tuple[_Unit, int, float | None]]:
+    def _due(self, now: float) -> list[tuple[_Unit, int, float | None, float]]:
         """Units stuck for longer than the threshold (a handler: on CPU for that long)."""
         with self._lock:
             units: list[_Unit] = [*self._handlers]
@@ -383,20 +422,25 @@ class StallWatchdog:
                 if unit.baseline is None:
                     unit.baseline = self._snapshot_before(unit.started)
                 if unit.kind == LOOP and not unit.task:
-                    unit.task = peeked or tasks.running_task(self._loop)
-                cpu = _cpu_since(unit)
+                    unit.task = tasks.running_task(self._loop)
+                cpu, queued = _cpu_since(unit)
                 if unit.kind == HANDLER:  # a handler that waits is not stalled
                     stuck = cpu is not None and cpu > self.threshold
                 else:
                     stuck = now - unit.since > self.threshold
                 if stuck:
-                    due.append((unit, unit.generation, cpu))
+                    due.append((unit, unit.generation, cpu, queued))
             return due
 
     def _report_detected(
-        self, unit: _Unit, generation: int, cpu: float | None, sampled: list[str], now: float
+        self,
+        unit: _Unit,
+        generation: int,
+        cpu: tuple[float | None, float],
+        sampled: list[str],
+        now: float,
     ) -> None:
-        cause, extra = self._diagnose(unit, unit.started, now, cpu, unit.baseline)
+        cause, extra = self._diagnose(unit, (unit.started, now), cpu, unit.baseline)
         stack = self._stack_for(unit, cause, sampled, (unit.started, now), extra)
         with self._lock:
             if unit.generation != generation or unit.reported:
@@ -428,12 +472,16 @@ class StallWatchdog:
     def _diagnose(
         self,
         unit: _Unit,
-        start: float,
-        end: float,
-        cpu: float | None,
+        window: tuple[float, float],
+        used: tuple[float | None, float],
         baseline: Snapshot | None,
     ) -> tuple[Cause, dict[str, object]]:
-        """The class of ``unit``'s stall over ``start``..``end``, and the evidence for it."""
+        """The class of ``unit``'s stall over ``window``, and the evidence for it.
+
+        ``used`` is the thread's CPU time and run-queue wait over the window.
+        """
+        start, end = window
+        cpu, queued = used
         before = baseline or self._snapshot_before(start)
         after = self._history[-1]
         withheld = _withheld(before, after)
@@ -444,6 +492,7 @@ class StallWatchdog:
         evidence = Evidence(
             wall=end - start,
             thread_cpu=cpu,
+            thread_queued=queued,
             paused=max([paused, *withheld.values()]),
             gil_starved=starved,
             gc=gc_time,
@@ -451,7 +500,17 @@ class StallWatchdog:
             threshold=self.threshold,
         )
         cause = classify(evidence)
-        extra: dict[str, object] = {"cpu": None if cpu is None else round(cpu, 3)}
+        extra: dict[str, object] = {
+            # Where the time went, in seconds: what the class was decided on.
+            "evidence": {
+                "cpu": None if cpu is None else round(cpu, 3),
+                "cpu_wait": round(queued, 3),
+                "paused": round(evidence.paused, 3),
+                "gil_starved": round(starved, 3),
+                "gc": round(gc_time, 3),
+                "other_thread_cpu": round(other_cpu, 3),
+            }
+        }
         if cause is Cause.GIL_WAIT and holder is not None:
             extra["gil_holder"] = self._probes.names.get(holder, "?")
             extra["gil_holder_thread"] = thread_label(holder)
@@ -459,7 +518,6 @@ class StallWatchdog:
             extra["gc_seconds"] = round(gc_time, 3)
             extra["gc_generation"] = self._gc.generation
         if cause is Cause.PAUSED:
-            extra["paused"] = round(evidence.paused, 3)
             extra.update({key: round(value, 3) for key, value in withheld.items()})
         return cause, extra
 
@@ -497,11 +555,17 @@ class StallWatchdog:
     def _report(self, ended: _Ended, now_snapshot: Snapshot) -> None:
         """Classify one stall that is over and log it (or the pause it really was)."""
         unit = ended.unit
-        cause, extra = self._diagnose(unit, ended.started, ended.ended, ended.cpu, ended.baseline)
+        cause, extra = self._diagnose(
+            unit, (ended.started, ended.ended), (ended.cpu, ended.queued), ended.baseline
+        )
         if not cause.blames_code:
             self._report_unit_pause(ended, extra)
             return
         stack = self._stack_for(unit, cause, ended.stack, (ended.started, now_snapshot.at), extra)
+        request = ended.task
+        peeked_at, peeked = self._peeked
+        if unit.kind == LOOP and not request and ended.started < peeked_at <= now_snapshot.at:
+            request = peeked  # seen by the watchdog at the stall's very end
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
         log.warning(
@@ -516,7 +580,7 @@ class StallWatchdog:
             culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
             stack=stack or [],
             **extra,
-            **ended.task,
+            **request,
         )
 
     def _report_unit_pause(self, ended: _Ended, extra: dict[str, object]) -> None:
@@ -543,9 +607,33 @@ def _thread_clock() -> int | None:
     return clock
 
 
-def _cpu_since(unit: _Unit) -> float | None:
-    now = read_clock(unit.clock)
-    return None if now is None else now - unit.cpu_start
+def _cpu_since(unit: _Unit) -> tuple[float | None, float]:
+    """The CPU time and run-queue wait of ``unit``'s thread since its stretch started."""
+    cpu = read_clock(unit.clock)
+    reading = unit.stat.read()
+    return (
+        None if cpu is None else cpu - unit.cpu_start,
+        0.0 if reading is None else max(0.0, reading[1] - unit.queued_start),
+    )
+
+
+def _thread_stat() -> ThreadStat:
+    """The calling thread's scheduler statistics, opened once per thread."""
+    stat: ThreadStat | None = getattr(_current, "stat", None)
+    if stat is None:
+        stat = _current.stat = ThreadStat(threading.get_native_id())
+    return stat
+
+
+def _queued() -> float:
+    """The calling thread's run-queue wait so far (0.0 where unknown)."""
+    reading = _thread_stat().read()
+    return 0.0 if reading is None else reading[1]
+
+
+def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
+    """How far ``ident``'s reading moved (a thread that started in between: all of it)."""
+    return after[ident] - before.get(ident, 0.0) if ident in after else 0.0
 
 
 def _overlap(gap: _Gap, start: float, end: float) -> float:
@@ -567,16 +655,18 @@ def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
 def _busiest_other(
     before: Snapshot, after: Snapshot, excluded: set[int]
 ) -> tuple[int | None, float]:
-    """The thread (not in ``excluded``) that used the most CPU between the snapshots."""
+    """The thread (not in ``excluded``) that ran, or wanted to, the most between the snapshots."""
     busiest, most = None, 0.0
-    for ident, cpu in after.threads.items():
-        used = cpu - before.threads.get(ident, 0.0)
-        if ident not in excluded and used > most:
+    for ident in after.threads.keys() - excluded:
+        used = _delta(before.threads, after.threads, ident)
+        used += _delta(before.queued, after.queued, ident)
+        if used > most:
             busiest, most = ident, used
     return busiest, most
 
 
-_current = threading.local()  # ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
+# ``watch``: (watchdog, unit); ``clock``, ``stat``: this thread's CPU clock and schedstat
+_current = threading.local()
 
 
 @contextmanager
