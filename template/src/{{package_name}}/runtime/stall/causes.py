@@ -14,7 +14,7 @@ class Cause(StrEnum):
     C_CODE = "c_code"  # the thread ran C code that held the GIL (nothing else could run)
     SYSCALL = "syscall"  # the thread waited in a system call: sleep, socket, file, lock
     GIL_WAIT = "gil_wait"  # the thread waited for the GIL that another thread held
-    PAUSED = "paused"  # the whole process did not run: SIGSTOP, CPU throttling, VM steal
+    PAUSED = "paused"  # the process got no CPU: SIGSTOP, CPU throttling, VM steal, a full node
     GC = "gc"  # a garbage-collection pause
     UNKNOWN = "unknown"  # no per-thread CPU clocks on this platform
 
@@ -42,8 +42,7 @@ def classify(evidence: Evidence) -> Cause:
     """The class of a stall, from where its time went.
 
     "Most of" means at least half: of the wall time, or, for the running-or-waiting question,
-    of the time the process was allowed to run at all. A thread that waited for a CPU (the
-    machine is crowded) counts as running: it was not blocked.
+    of the time the process was allowed to run at all.
     """
     wall = evidence.wall
     cpu = evidence.thread_cpu
@@ -54,10 +53,17 @@ def classify(evidence: Evidence) -> Cause:
     if cpu is None:
         return Cause.UNKNOWN
     runnable = max(wall - evidence.paused, 1e-9)
-    if cpu + evidence.thread_queued >= runnable / 2:  # it ran, or wanted to: busy
-        return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     # Another thread busy is not enough (C code may run there without the GIL): the watchdog
     # must have been kept from the GIL as well.
-    if evidence.other_cpu >= runnable / 2 and evidence.gil_starved >= runnable / 2:
+    if (
+        cpu < runnable / 2
+        and evidence.other_cpu >= runnable / 2
+        and evidence.gil_starved >= runnable / 2
+    ):
         return Cause.GIL_WAIT
+    # On a crowded machine a busy thread spends much of its time waiting for a CPU; that
+    # counts once the thread has also really run (a thread waking up from a wait queues too).
+    queued = evidence.thread_queued if cpu >= evidence.threshold / 2 else 0.0
+    if cpu + queued >= runnable / 2:
+        return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     return Cause.SYSCALL

@@ -358,9 +358,7 @@ class StallWatchdog:
         self._history.append(snapshot)
         me = threading.get_ident()
         late = snapshot.at - previous.at - self.tick
-        # Mostly waiting for a CPU itself: the machine is crowded, nobody kept the GIL from it.
-        crowded = _delta(previous.queued, snapshot.queued, me) >= late / 2
-        if late > _NOTICEABLE_GAP and not crowded:
+        if late > _NOTICEABLE_GAP:
             # Threads that ran or wanted to: none at all means the process was paused; some
             # means one of them held the GIL the watchdog waited for.
             active = sum(
@@ -441,13 +439,13 @@ class StallWatchdog:
         now: float,
     ) -> None:
         cause, extra = self._diagnose(unit, (unit.started, now), cpu, unit.baseline)
+        if not cause.blames_code:
+            return  # looked at again next tick; a pause is reported as such once it is over
         stack = self._stack_for(unit, cause, sampled, (unit.started, now), extra)
         with self._lock:
             if unit.generation != generation or unit.reported:
                 return  # it moved on while we looked: the stack would be wrong
             unit.reported, unit.stack = True, stack
-        if not cause.blames_code:
-            return  # reported as process_paused once it is over
         log.warning(
             "stall_detected",
             kind=unit.kind,
