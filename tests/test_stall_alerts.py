@@ -125,3 +125,27 @@ def test_alerts_stay_silent_for_io_and_fire_for_a_cpu_bound_culprit(
     test_file.write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
     result = run([promtool, "test", "rules", test_file], check=False)
     assert result.returncode == 0, f"{result.stdout}\nseries (cpu): {json.dumps(cpu[-1], indent=1)}"
+
+
+def test_the_prometheus_rule_carries_the_same_groups(
+    promtool: str, rendered: Callable[[Combination], Path], tmp_path: Path
+) -> None:
+    """deploy/kubernetes/prometheus-rule.yaml: the rule files' groups, valid for promtool."""
+    kubernetes = next(c for c in combinations() if c["deployment"] == "kubernetes")
+    project = rendered(kubernetes)
+    document = yaml.safe_load(
+        (project / "deploy" / "kubernetes" / "prometheus-rule.yaml").read_text(encoding="utf-8")
+    )
+    assert (document["apiVersion"], document["kind"]) == (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+    )
+    shipped = [
+        group
+        for path in sorted((project / "deploy" / "prometheus").glob("*-rules.yaml"))
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+    ]
+    assert sorted(document["spec"]["groups"], key=str) == sorted(shipped, key=str)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(document["spec"]), encoding="utf-8")
+    run([promtool, "check", "rules", spec])
