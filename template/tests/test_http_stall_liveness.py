@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, service_env
 from gil_hang import PROBE_TIMEOUT, HangingService, wait_for_dump
+
+from conftest import free_port, service_env
 from http_support import HttpService, wait_ready
 
 
