@@ -62,8 +62,9 @@ def classify(evidence: Evidence) -> Cause:
     ):
         return Cause.GIL_WAIT
     # On a crowded machine a busy thread spends much of its time waiting for a CPU; that
-    # counts once the thread has also really run (a thread waking up from a wait queues too).
-    queued = evidence.thread_queued if cpu >= evidence.threshold / 2 else 0.0
+    # counts once the thread has also really run (a thread waking up from a wait queues too,
+    # but uses next to no CPU each time).
+    queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
     if cpu + queued >= runnable / 2:
         return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     return Cause.SYSCALL
