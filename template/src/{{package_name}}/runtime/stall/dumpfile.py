@@ -26,26 +26,41 @@ def default_dump_path() -> Path:
 
 
 class DumpFile:
-    """faulthandler's timer, pointed at ``path``, re-armed on every watchdog tick."""
+    """faulthandler's timer, pointed at ``path``, kept armed by the watchdog.
 
-    def __init__(self, path: Path, after: float) -> None:
+    Arming starts a C thread, which costs about a tenth of a millisecond: the watchdog re-arms
+    every ``period`` seconds, not on every tick, with a timeout of ``after + period``. A thread
+    holding the GIL is therefore dumped between ``after`` and ``after + period`` seconds in.
+    """
+
+    def __init__(self, path: Path, after: float, period: float) -> None:
         self.path = path
         self.after = after
+        self.period = period
+        self._armed_at = float("-inf")
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
-    def arm(self) -> None:
-        """Dump every thread's stack once ``after`` seconds from now, unless re-armed sooner.
+    @property
+    def latest(self) -> float:
+        """The most seconds into a GIL hold before its dump is written."""
+        return round(self.after + self.period, 3)
 
-        Re-arming first waits for a dump in progress to finish, so :meth:`take` after
-        :meth:`arm` never reads half a dump.
+    def arm(self, now: float, *, force: bool = False) -> None:
+        """Dump every thread's stack ``latest`` seconds from now, unless re-armed sooner.
+
+        Re-arming first waits for a dump in progress to finish, so :meth:`take` right after a
+        forced re-arm never reads half a dump.
         """
-        faulthandler.dump_traceback_later(self.after, repeat=False, file=self._fd)
+        if force or now - self._armed_at >= self.period:
+            faulthandler.dump_traceback_later(self.latest, repeat=False, file=self._fd)
+            self._armed_at = now
 
-    def take(self) -> dict[str, list[str]] | None:
+    def take(self, now: float) -> dict[str, list[str]] | None:
         """The stacks of a dump written since the last call (then the file is emptied)."""
-        size = os.fstat(self._fd).st_size
-        if size == 0:
+        if os.fstat(self._fd).st_size == 0:
             return None
+        self.arm(now, force=True)  # waits for the dump being written, if it still is
+        size = os.fstat(self._fd).st_size
         text = os.pread(self._fd, size, 0).decode("utf-8", "replace")
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)

@@ -80,24 +80,31 @@ class ThreadStat:
             self._fd = None
 
 
-def _throttle_source() -> tuple[Path, str, float] | None:
-    for path, key, scale in _THROTTLE_FILES:
+class _CounterFile:
+    """A kernel counter file kept open and re-read with one ``pread``."""
+
+    def __init__(self, path: Path) -> None:
         try:
-            if key in path.read_text(encoding="ascii"):
-                return path, key, scale
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            continue
+            self._fd = None
+
+    def read(self) -> bytes | None:
+        if self._fd is None:
+            return None
+        try:
+            return os.pread(self._fd, 4096, 0)
+        except OSError:
+            return None
+
+
+def _throttle_counter() -> tuple[_CounterFile, bytes, float] | None:
+    for path, key, scale in _THROTTLE_FILES:
+        counter = _CounterFile(path)
+        text = counter.read()
+        if text is not None and key.encode() in text:
+            return counter, key.encode(), scale
     return None
-
-
-def _steal_ticks() -> int | None:
-    """Ticks the hypervisor ran something else on this machine's CPUs (all CPUs summed)."""
-    try:
-        with _PROC_STAT.open("rb") as stat:
-            fields = stat.readline().split()
-        return int(fields[8])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class GcTimer:
@@ -151,7 +158,10 @@ class Probes:
 
     def __init__(self, gc_timer: GcTimer) -> None:
         self.gc_timer = gc_timer
-        self._throttle = _throttle_source()
+        self._throttle = _throttle_counter()
+        self._proc_stat = _CounterFile(_PROC_STAT)
+        self._calls = 0
+        self._last_steal: float | None = None
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
         self._stats: dict[int, ThreadStat] = {}
@@ -197,16 +207,21 @@ class Probes:
     def _throttled(self) -> float | None:
         if self._throttle is None:
             return None
-        path, key, scale = self._throttle
-        try:
-            for line in path.read_text(encoding="ascii").splitlines():
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value) * scale
-        except (OSError, ValueError):
-            self._throttle = None
+        counter, key, scale = self._throttle
+        for line in (counter.read() or b"").splitlines():
+            name, _, value = line.partition(b" ")
+            if name == key:
+                return int(value) * scale
         return None
 
     def _steal(self) -> float | None:
-        ticks = _steal_ticks()
-        return None if ticks is None else ticks / _TICKS_PER_SECOND / self._cpus
+        """Steal, re-read every tenth call only: /proc/stat is costly on large machines."""
+        self._calls += 1
+        if self._calls % 10 == 1:
+            text = self._proc_stat.read()
+            try:
+                ticks = int((text or b"").split(b"\n", 1)[0].split()[8])
+                self._last_steal = ticks / _TICKS_PER_SECOND / self._cpus
+            except (IndexError, ValueError):
+                self._last_steal = None
+        return self._last_steal

@@ -118,6 +118,7 @@ class StallWatchdog:
         self.lag_interval = lag_interval
         self.tick = max(threshold / 2, 0.1)
         self.dump_after = round(threshold + 2 * self.tick, 3)
+        self.rearm_period = max(5 * self.tick, 0.5)
         self._use_faulthandler = use_faulthandler
         self._dump_path = dump_path
         self._dump: DumpFile | None = None
@@ -147,7 +148,7 @@ class StallWatchdog:
         if self._use_faulthandler:
             path = self._dump_path or default_dump_path()
             try:
-                self._dump = DumpFile(path, self.dump_after)
+                self._dump = DumpFile(path, self.dump_after, self.rearm_period)
             except OSError as error:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
@@ -159,7 +160,7 @@ class StallWatchdog:
             "stall_watchdog_started",
             threshold=self.threshold,
             tick=self.tick,
-            faulthandler_after=self.dump_after if self._dump is not None else None,
+            faulthandler_after=self._dump.latest if self._dump is not None else None,
             faulthandler_file=str(self._dump.path) if self._dump is not None else None,
             watchdog_thread=thread_label(self._thread.ident or 0),
         )
@@ -325,7 +326,7 @@ class StallWatchdog:
 
     def _run(self) -> None:
         if self._dump is not None:
-            self._dump.arm()
+            self._dump.arm(time.monotonic())
         self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
         while True:
             self._wake.wait(self.tick)
@@ -372,8 +373,8 @@ class StallWatchdog:
             if paused > self.threshold:
                 self._report_watchdog_pause(previous, snapshot, paused)
         if self._dump is not None:
-            self._dump.arm()  # waits for a dump being written, so what follows reads all of it
-            stacks = self._dump.take()
+            self._dump.arm(snapshot.at)
+            stacks = self._dump.take(snapshot.at)
             if stacks is not None:
                 self._dumps.append((previous.at, snapshot.at, stacks))
 
