@@ -142,26 +142,30 @@ class GcTimer:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the clocks said at one moment (``at``, monotonic seconds)."""
+    """What the clocks said at one moment (``at``, monotonic seconds).
+
+    A light snapshot reads only clocks, which never release the GIL. A full one also reads the
+    kernel's files (run-queue waits, throttling, steal): each read lets another thread take
+    the GIL, so on a busy loop it is done rarely.
+    """
 
     at: float
     process_cpu: float
     threads: dict[int, float] = field(default_factory=dict)  # thread ident -> CPU seconds
     gc: float = 0.0
+    full: bool = False
     queued: dict[int, float] = field(default_factory=dict)  # thread ident -> run-queue wait
     throttled: float | None = None
     steal: float | None = None
 
 
 class Probes:
-    """Takes :class:`Snapshot` readings; cheap enough for every watchdog tick."""
+    """Takes :class:`Snapshot` readings; a light one is cheap enough for every watchdog tick."""
 
     def __init__(self, gc_timer: GcTimer) -> None:
         self.gc_timer = gc_timer
         self._throttle = _throttle_counter()
         self._proc_stat = _CounterFile(_PROC_STAT)
-        self._calls = 0
-        self._last_steal: float | None = None
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
         self._stats: dict[int, ThreadStat] = {}
@@ -182,23 +186,29 @@ class Probes:
                 except (AttributeError, OSError):
                     self._clocks[ident] = None
 
-    def take(self) -> Snapshot:
+    def take(self, *, full: bool = False) -> Snapshot:
+        """The clocks now; ``full`` also reads the kernel's files and looks for new threads."""
         now = time.monotonic()
-        self._watch_threads()
-        threads, queued = {}, {}
+        if full or not self._clocks:
+            self._watch_threads()
+        threads = {}
+        for ident, clock in self._clocks.items():
+            cpu = read_clock(clock)
+            if cpu is not None:
+                threads[ident] = cpu
+        if not full:
+            return Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
+        queued = {}
         for ident, stat in self._stats.items():
             reading = stat.read()
             if reading is not None:
-                threads[ident], queued[ident] = reading
-            else:
-                cpu = read_clock(self._clocks[ident])
-                if cpu is not None:
-                    threads[ident] = cpu
+                queued[ident] = reading[1]
         return Snapshot(
             at=now,
             process_cpu=time.process_time(),
             threads=threads,
             gc=self.gc_timer.reading(now),
+            full=True,
             queued=queued,
             throttled=self._throttled(),
             steal=self._steal(),
@@ -215,13 +225,9 @@ class Probes:
         return None
 
     def _steal(self) -> float | None:
-        """Steal, re-read every tenth call only: /proc/stat is costly on large machines."""
-        self._calls += 1
-        if self._calls % 10 == 1:
-            text = self._proc_stat.read()
-            try:
-                ticks = int((text or b"").split(b"\n", 1)[0].split()[8])
-                self._last_steal = ticks / _TICKS_PER_SECOND / self._cpus
-            except (IndexError, ValueError):
-                self._last_steal = None
-        return self._last_steal
+        text = self._proc_stat.read()
+        try:
+            ticks = int((text or b"").split(b"\n", 1)[0].split()[8])
+        except (IndexError, ValueError):
+            return None
+        return ticks / _TICKS_PER_SECOND / self._cpus

@@ -23,6 +23,8 @@ afterwards carries the stack read back from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import sys
 import threading
 import time
@@ -46,9 +48,10 @@ PROCESS = "process"
 
 log = get_logger(__name__)
 
-_HISTORY = 16  # snapshots kept: a stall's start is never more than a tick or two back
+_HISTORY = 32  # snapshots kept: a stall's start is never more than a tick or two back
 _SEGMENTS = 32  # watchdog gaps kept
 _NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
+_FULL_EVERY = 10  # ticks between full snapshots (see probes.Snapshot)
 
 
 @dataclass(eq=False)
@@ -59,10 +62,8 @@ class _Unit:
     name: str
     thread_id: int
     clock: int | None  # the thread's CPU clock
-    stat: ThreadStat  # the thread's scheduler statistics
     started: float  # monotonic start of the current stretch of work
     cpu_start: float  # the thread's CPU time then
-    queued_start: float  # the thread's run-queue wait then (0.0 where unknown)
     since: float  # from when on a lack of progress counts (the loop: when its beat was due)
     fields: dict[str, object] = field(default_factory=dict)
     generation: int = 0  # bumped on every sign of progress, so late captures are discarded
@@ -81,7 +82,7 @@ class _Ended:
     ended: float
     duration: float
     cpu: float | None
-    queued: float
+    queued: float | None  # the thread's run-queue wait so far, read at the end (handlers)
     stack: list[str] | None
     task: dict[str, object]
     baseline: Snapshot | None
@@ -127,8 +128,11 @@ class StallWatchdog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: set[_Unit] = set()
         self._ended: deque[_Ended] = deque()
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
+        self._stopping = False
+        # Held except while someone rings it: the watchdog sleeps by trying to take it. A bare
+        # lock's timed acquire is one C call, far cheaper per tick than threading.Event.wait.
+        self._bell = threading.Lock()
+        self._bell.acquire()
         self._thread: threading.Thread | None = None
         self._gc = GcTimer()
         self._probes = Probes(self._gc)
@@ -136,8 +140,9 @@ class StallWatchdog:
         self._gaps: deque[_Gap] = deque(maxlen=_SEGMENTS)
         self._dumps: deque[tuple[float, float, dict[str, list[str]]]] = deque(maxlen=4)
         self._pause_reported_until = 0.0
+        self._ticks = 0
         self._peeked: tuple[float, dict[str, object]] = (0.0, {})
-        self._history.append(self._probes.take())
+        self._history.append(self._probes.take(full=True))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class StallWatchdog:
             except OSError as error:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
-        self._stopping.clear()
+        self._stopping = False
         self._history.append(self._probes.take())  # the first tick's gap is measured from here
         self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
         self._thread.start()
@@ -172,8 +177,8 @@ class StallWatchdog:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._stopping.set()
-        self._wake.set()
+        self._stopping = True
+        self._ring()
         thread.join()
         self._gc.uninstall()
         if self._dump is not None:
@@ -197,10 +202,8 @@ class StallWatchdog:
             name,
             threading.get_ident(),
             _thread_clock(),
-            _thread_stat(),
             now,
             time.thread_time(),
-            _queued(),
             now,
             dict(fields),
         )
@@ -215,7 +218,7 @@ class StallWatchdog:
 
     def _settle(self, unit: _Unit) -> None:
         """Stop watching ``unit`` (on its own thread); report its last stretch if it stalled."""
-        now, cpu, queued = time.monotonic(), time.thread_time(), _queued()
+        now, cpu = time.monotonic(), time.thread_time()
         with self._lock:
             self._handlers.discard(unit)
             unit.generation += 1
@@ -225,15 +228,21 @@ class StallWatchdog:
                 now,
                 now - unit.started,
                 cpu - unit.cpu_start,
-                queued - unit.queued_start,
+                None,
                 unit.stack,
                 dict(unit.fields),
                 unit.baseline,
             )
             reported = unit.reported
             unit.reported, unit.stack, unit.baseline = False, None, None
-        assert ended.cpu is not None
-        if reported or ended.cpu > self.threshold:
+        used = cpu - unit.cpu_start
+        if reported or used > self.threshold:
+            # The thread may be gone by the time the watchdog looks: read its wait now.
+            stat = ThreadStat(threading.get_native_id())
+            reading = stat.read()
+            stat.close()
+            if reading is not None:
+                ended = dataclasses.replace(ended, queued=reading[1])
             self._hand_over(ended)
         elif ended.duration > self.threshold:
             SLOW_HANDLERS.inc()
@@ -241,7 +250,7 @@ class StallWatchdog:
                 "handler_slow",
                 name=unit.name,
                 duration=round(ended.duration, 3),
-                cpu=round(ended.cpu, 3),
+                cpu=round(used, 3),
                 threshold=self.threshold,
                 **unit.fields,
             )
@@ -251,17 +260,20 @@ class StallWatchdog:
         with self._lock:
             unit.started = unit.since = now
             unit.cpu_start = time.thread_time()
-            unit.queued_start = _queued()
             self._handlers.add(unit)
 
     def _hand_over(self, ended: _Ended) -> None:
         """Report ``ended`` from the watchdog thread (right here if there is none)."""
         if self._thread is None:
-            self._history.append(self._probes.take())
-            self._report(ended, self._history[-1])
+            self._report(ended)
             return
         self._ended.append(ended)
-        self._wake.set()
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the watchdog thread before its tick is up."""
+        with contextlib.suppress(RuntimeError):  # already rung, not yet answered
+            self._bell.release()
 
     # -- the loop side ---------------------------------------------------------------------
 
@@ -274,10 +286,8 @@ class StallWatchdog:
             LOOP,
             ident,
             _thread_clock(),
-            _thread_stat(),
             now,
             time.thread_time(),
-            _queued(),
             now + self.lag_interval,
         )
         with self._lock:
@@ -293,7 +303,7 @@ class StallWatchdog:
         loop.call_later(self.lag_interval, self._beat, loop, unit)
 
     def _beat(self, loop: asyncio.AbstractEventLoop, unit: _Unit) -> None:
-        now, cpu, queued = time.monotonic(), time.thread_time(), _queued()
+        now, cpu = time.monotonic(), time.thread_time()
         lag = max(0.0, now - unit.since)
         EVENTLOOP_LAG.observe(lag)
         with self._lock:
@@ -305,12 +315,12 @@ class StallWatchdog:
                     now,
                     lag,
                     cpu - unit.cpu_start,
-                    queued - unit.queued_start,
+                    None,
                     unit.stack,
                     dict(unit.task),
                     unit.baseline,
                 )
-            unit.started, unit.cpu_start, unit.queued_start = now, cpu, queued
+            unit.started, unit.cpu_start = now, cpu
             unit.since = now + self.lag_interval
             unit.generation += 1
             unit.reported, unit.stack, unit.baseline = False, None, None
@@ -329,15 +339,14 @@ class StallWatchdog:
             self._dump.arm(time.monotonic())
         self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
         while True:
-            self._wake.wait(self.tick)
+            self._bell.acquire(timeout=self.tick)
             # First, before anything that could let the loop thread move on: which task is it
             # running? After a GIL-held stall this is the moment the blocking step ends.
             self._note_loop_task()
-            self._wake.clear()
             self._observe()
             while self._ended:
-                self._report(self._ended.popleft(), self._history[-1])
-            if self._stopping.is_set():
+                self._report(self._ended.popleft())
+            if self._stopping:
                 return
             self._check()
 
@@ -355,23 +364,27 @@ class StallWatchdog:
     def _observe(self) -> None:
         """Read the clocks; note a gap in which the watchdog itself could not run."""
         previous = self._history[-1]
-        snapshot = self._probes.take()
-        self._history.append(snapshot)
-        me = threading.get_ident()
+        self._ticks += 1
+        snapshot = self._probes.take(full=self._ticks % _FULL_EVERY == 0)
         late = snapshot.at - previous.at - self.tick
+        if late > _NOTICEABLE_GAP:
+            snapshot = self._probes.take(full=True)  # a thread new since may hold the GIL
+        self._history.append(snapshot)
         if late > _NOTICEABLE_GAP:
             # Threads that ran or wanted to: none at all means the process was paused; some
             # means one of them held the GIL the watchdog waited for.
+            me = threading.get_ident()
+            queued_since = self._snapshot_before(previous.at, full=True)
             active = sum(
                 _delta(previous.threads, snapshot.threads, ident)
-                + _delta(previous.queued, snapshot.queued, ident)
+                + _delta(queued_since.queued, snapshot.queued, ident)
                 for ident in snapshot.threads
                 if ident != me
             )
             paused = max(0.0, late - active) if active < late / 2 else 0.0
             self._gaps.append(_Gap(previous.at, snapshot.at, late, paused))
             if paused > self.threshold:
-                self._report_watchdog_pause(previous, snapshot, paused)
+                self._report_watchdog_pause(queued_since, snapshot, paused)
         if self._dump is not None:
             self._dump.arm(snapshot.at)
             stacks = self._dump.take(snapshot.at)
@@ -402,13 +415,13 @@ class StallWatchdog:
             return
         frames = sys._current_frames()
         try:
-            for unit, generation, cpu, queued in due:
+            for unit, generation, cpu in due:
                 stack = format_stack(frames.get(unit.thread_id))
-                self._report_detected(unit, generation, (cpu, queued), stack, now)
+                self._report_detected(unit, generation, cpu, stack, now)
         finally:
             del frames
 
-    def _due(self, now: float) -> list[tuple[_Unit, int, float | None, float]]:
+    def _due(self, now: float) -> list[tuple[_Unit, int, float | None]]:
         """Units stuck for longer than the threshold (a handler: on CPU for that long)."""
         with self._lock:
             units: list[_Unit] = [*self._handlers]
@@ -422,20 +435,20 @@ class StallWatchdog:
                     unit.baseline = self._snapshot_before(unit.started)
                 if unit.kind == LOOP and not unit.task:
                     unit.task = tasks.running_task(self._loop)
-                cpu, queued = _cpu_since(unit)
+                cpu = _cpu_since(unit)
                 if unit.kind == HANDLER:  # a handler that waits is not stalled
                     stuck = cpu is not None and cpu > self.threshold
                 else:
                     stuck = now - unit.since > self.threshold
                 if stuck:
-                    due.append((unit, unit.generation, cpu, queued))
+                    due.append((unit, unit.generation, cpu))
             return due
 
     def _report_detected(
         self,
         unit: _Unit,
         generation: int,
-        cpu: tuple[float | None, float],
+        cpu: float | None,
         sampled: list[str],
         now: float,
     ) -> None:
@@ -462,28 +475,35 @@ class StallWatchdog:
             **unit.fields,
         )
 
-    def _snapshot_before(self, moment: float) -> Snapshot:
+    def _snapshot_before(self, moment: float, *, full: bool = False) -> Snapshot:
+        """The latest snapshot (``full``: the latest full one) taken at or before ``moment``."""
         for snapshot in reversed(self._history):
-            if snapshot.at <= moment:
+            if snapshot.at <= moment and (snapshot.full or not full):
                 return snapshot
-        return self._history[0]
+        return next((s for s in self._history if s.full or not full), self._history[0])
 
     def _diagnose(
         self,
         unit: _Unit,
         window: tuple[float, float],
-        used: tuple[float | None, float],
+        cpu: float | None,
         baseline: Snapshot | None,
+        queued_now: float | None = None,
     ) -> tuple[Cause, dict[str, object]]:
         """The class of ``unit``'s stall over ``window``, and the evidence for it.
 
-        ``used`` is the thread's CPU time and run-queue wait over the window.
+        ``cpu`` is the thread's CPU time over the window.
         """
         start, end = window
-        cpu, queued = used
         before = baseline or self._snapshot_before(start)
-        after = self._history[-1]
-        withheld = _withheld(before, after)
+        before_full = self._snapshot_before(start, full=True)
+        after = self._probes.take(full=True)  # rare: only for a stall
+        self._history.append(after)
+        queued_after = dict(after.queued)
+        if queued_now is not None:
+            queued_after[unit.thread_id] = queued_now
+        queued = _delta(before_full.queued, queued_after, unit.thread_id)
+        withheld = _withheld(before_full, after)
         paused = sum(_overlap(gap, start, end) * gap.paused / gap.late for gap in self._gaps)
         starved = sum(_overlap(gap, start, end) for gap in self._gaps if not gap.paused)
         holder, other_cpu = _busiest_other(before, after, {unit.thread_id, threading.get_ident()})
@@ -551,19 +571,21 @@ class StallWatchdog:
                 return stacks
         return None
 
-    def _report(self, ended: _Ended, now_snapshot: Snapshot) -> None:
+    def _report(self, ended: _Ended) -> None:
         """Classify one stall that is over and log it (or the pause it really was)."""
         unit = ended.unit
         cause, extra = self._diagnose(
-            unit, (ended.started, ended.ended), (ended.cpu, ended.queued), ended.baseline
+            unit, (ended.started, ended.ended), ended.cpu, ended.baseline, ended.queued
         )
         if not cause.blames_code:
             self._report_unit_pause(ended, extra)
             return
-        stack = self._stack_for(unit, cause, ended.stack, (ended.started, now_snapshot.at), extra)
+        stack = self._stack_for(
+            unit, cause, ended.stack, (ended.started, self._history[-1].at), extra
+        )
         request = ended.task
         peeked_at, peeked = self._peeked
-        if unit.kind == LOOP and not request and ended.started < peeked_at <= now_snapshot.at:
+        if unit.kind == LOOP and not request and ended.started < peeked_at <= self._history[-1].at:
             request = peeked  # seen by the watchdog at the stall's very end
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
@@ -606,28 +628,10 @@ def _thread_clock() -> int | None:
     return clock
 
 
-def _cpu_since(unit: _Unit) -> tuple[float | None, float]:
-    """The CPU time and run-queue wait of ``unit``'s thread since its stretch started."""
+def _cpu_since(unit: _Unit) -> float | None:
+    """The CPU time of ``unit``'s thread since its stretch started."""
     cpu = read_clock(unit.clock)
-    reading = unit.stat.read()
-    return (
-        None if cpu is None else cpu - unit.cpu_start,
-        0.0 if reading is None else max(0.0, reading[1] - unit.queued_start),
-    )
-
-
-def _thread_stat() -> ThreadStat:
-    """The calling thread's scheduler statistics, opened once per thread."""
-    stat: ThreadStat | None = getattr(_current, "stat", None)
-    if stat is None:
-        stat = _current.stat = ThreadStat(threading.get_native_id())
-    return stat
-
-
-def _queued() -> float:
-    """The calling thread's run-queue wait so far (0.0 where unknown)."""
-    reading = _thread_stat().read()
-    return 0.0 if reading is None else reading[1]
+    return None if cpu is None else cpu - unit.cpu_start
 
 
 def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
@@ -664,7 +668,7 @@ def _busiest_other(
     return busiest, most
 
 
-# ``watch``: (watchdog, unit); ``clock``, ``stat``: this thread's CPU clock and schedstat
+# ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
 _current = threading.local()
 
 
