@@ -98,7 +98,14 @@ def botocore_problems(task_definition: dict[str, Any]) -> list[str]:
     return report.generate_report().splitlines() if report.has_errors() else []
 
 
+# A custom resource whose content is checked elsewhere: tests/test_stall_alerts.py runs promtool
+# on the PrometheusRule's groups.
+PROMTOOL_CHECKED_KINDS = frozenset({"PrometheusRule"})
+
+
 def kubernetes_schema_problems(document: dict[str, Any]) -> list[str]:
+    if document.get("kind") in PROMTOOL_CHECKED_KINDS:
+        return []
     if document.get("apiVersion") in CUSTOM_RESOURCE_SCHEMAS:
         return custom_resource_problems(document)
     try:
