@@ -42,7 +42,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
             # Factories take the context as a keyword since 3.11; typeshed does not say so.
             task = cast(Any, previous)(loop, coro, context=task_context)
         else:
-            task = asyncio.Task(coro, loop=loop, context=task_context)
+            task = asyncio.Task(cast(Any, coro), loop=loop, context=task_context)
         _contexts[task] = task_context
         return task
 
