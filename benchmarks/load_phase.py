@@ -336,7 +336,7 @@ def _probe_grpc(args: argparse.Namespace) -> Callable[[], bool]:
     return probe
 
 
-LAG_METRIC = "event_loop_lag_seconds"
+LAG_METRIC = "eventloop_lag_seconds"
 
 
 class Scraper(threading.Thread):

@@ -18,8 +18,8 @@ Each validator also gets a negative control: a rendered file with one deliberate
 be rejected, so a validator that silently checks nothing fails the suite.
 
 Two checks run the real thing: the generated envoy.yaml in front of the service on loopback
-(Envoy must notice a draining pod before it stops), and, where podman is installed
-(scripts/container-runtime.sh), the image built, run and stopped (exit code 0 after SIGTERM).
+(Envoy must notice a draining pod before it stops), and the image built, run and stopped (exit
+code 0 after SIGTERM) with podman, which scripts/container-runtime.sh installs where it can.
 """
 
 from __future__ import annotations
@@ -98,7 +98,14 @@ def botocore_problems(task_definition: dict[str, Any]) -> list[str]:
     return report.generate_report().splitlines() if report.has_errors() else []
 
 
+# A custom resource whose content is checked elsewhere: tests/test_stall_alerts.py runs promtool
+# on the PrometheusRule's groups.
+PROMTOOL_CHECKED_KINDS = frozenset({"PrometheusRule"})
+
+
 def kubernetes_schema_problems(document: dict[str, Any]) -> list[str]:
+    if document.get("kind") in PROMTOOL_CHECKED_KINDS:
+        return []
     if document.get("apiVersion") in CUSTOM_RESOURCE_SCHEMAS:
         return custom_resource_problems(document)
     try:
@@ -803,7 +810,7 @@ def test_drain_order_check_catches_a_missing_drain_delay(
     assert not observe_drain(project, shared_venv, worker_cache, tmp_path, drain_delay="0")
 
 
-# --- The image, built and run with podman (where podman is installed) ----------------------------
+# --- The image, built and run with podman (installed by scripts/container-runtime.sh) -------------
 
 
 PODMAN_LOCK = CACHE.parent / "podman" / "tests.lock"
@@ -816,10 +823,11 @@ def podman_env() -> Iterator[dict[str, str]]:
     Its storage is the project's own (build/podman/), so the images that earlier runs left
     behind are pruned at the end.
     """
-    if not shutil.which("podman"):
+    # The script installs podman where it can (root and apt-get): then a failure is a failure.
+    if not shutil.which("podman") and (os.geteuid() != 0 or not shutil.which("apt-get")):
         pytest.skip(
-            "podman is not installed, so the image is not built and run here; "
-            "scripts/container-runtime.sh installs it (needs root and apt)"
+            "podman is not installed and this user cannot install it (needs root and apt-get): "
+            "install podman, or run scripts/container-runtime.sh as root"
         )
     output = run(["bash", REPO / "scripts" / "container-runtime.sh"], timeout=900).stdout
     settings = dict(re.findall(r"(\w+)='([^']*)'", output))

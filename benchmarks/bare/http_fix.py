@@ -6,7 +6,7 @@ and is parsed there. The check is the generated project's own ``check_document``
 services do the same work per request.
 
 For the measurement only, it also runs the generated service's loop heartbeat (a timer every
-100 ms, its lateness in ``event_loop_lag_seconds``) and serves it at ``/metrics``.
+100 ms, its lateness in ``eventloop_lag_seconds``) and serves it at ``/metrics``.
 
     <project>/.venv/bin/python http_fix.py PACKAGE PORT
 """
