@@ -6,6 +6,8 @@ copier runs this as a task, from the directory it rendered into, as
 - ``copy``: a new project. Format the code, lock the dependencies, build the package (which
   generates the gRPC code from proto/), and make the first commit. A step that fails is recorded
   with the command that finishes it; copier's closing message then says "not ready: run ...".
+- ``format``: only the formatting (the template's tests render without tasks, then run this, so
+  that they check what users get).
 - ``update``: copier renders the old and the new template version in temporary directories and
   into the project, and runs this in each before it merges the user's changes. Only the
   formatting happens here, so that all three are formatted alike; locking and the gRPC code wait
@@ -76,9 +78,8 @@ def main() -> int:
     operation, is_grpc = sys.argv[1], sys.argv[2] == "True"
     if operation != "copy":
         uv = uv_command()
-        if uv is not None:
-            format_python(uv, written_files())
-        return 0
+        formatted = uv is not None and format_python(uv, written_files())
+        return 0 if formatted or operation == "update" else 1
     unfinished = set_up(is_grpc)
     first_commit()
     record = unfinished_record(Path.cwd())

@@ -1,4 +1,4 @@
-"""``scripts/protos.py``: the committed stubs match the .proto files, and staleness is caught."""
+"""``scripts/protos.py``: the generated stubs match the .proto files, and staleness is caught."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def protos(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_committed_stubs_are_up_to_date() -> None:
+def test_the_generated_stubs_are_up_to_date() -> None:
     result = protos(ROOT, "--check")
     assert result.returncode == 0, result.stderr
 
