@@ -104,8 +104,9 @@ def keep_edited_deletions(base: str | None, skip: set[str]) -> list[str]:
     """Restore the files the update deleted although the user had edited them."""
     deleted = [name for name in git("ls-files", "-z", "--deleted").stdout.split("\0") if name]
     kept = []
+    generated = (*(pattern[1:] for pattern in GENERATED_PATTERNS), "uv.lock")
     for name in deleted:
-        if name in skip or name.endswith(tuple(pattern[1:] for pattern in GENERATED_PATTERNS)):
+        if name in skip or name.endswith(generated):
             continue
         if edited_since(base, name):
             git("checkout", "HEAD", "--", name)
@@ -149,8 +150,10 @@ def regenerate(uv: list[str] | None, is_grpc: bool) -> list[str]:
     Returns the steps that could not run (a conflict in their input, or no uv).
     """
     pending = []
-    if has_conflict(Path("uv.lock")):
-        # The lock is regenerated; the last committed one gives uv its preferred versions.
+    lock_file = Path("uv.lock")
+    if has_conflict(lock_file) or not lock_file.exists():
+        # The lock is made again; the last committed one gives uv its preferred versions. (An
+        # update from 0.1.0 deletes it: that release locked in copier's temporary copies.)
         git("checkout", "HEAD", "--", "uv.lock")
     protos_conflicted = any(has_conflict(path) for path in Path("proto").rglob("*.proto"))
     if uv is None:
