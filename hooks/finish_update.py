@@ -7,7 +7,8 @@ from the project's directory. In order:
 1. Files a release moved (hooks/moves.toml): the user's edits of the old file are merged into
    the new one.
 2. Files the update deleted (the template dropped them, or an answer such as ``deployment``
-   changed) that the user had edited since the last generation are restored and reported.
+   changed) that the user had edited are restored and reported. "Edited" compares the last
+   commit with the previous template version rendered with the previous answers.
 3. Generated files are made again from the merged sources: the gRPC code (untracked build
    artifacts since 0.2.0; projects from older releases tracked them) and uv.lock.
 4. Every file with a conflict or a ``.rej`` is listed, with the commands that finish the update.
@@ -16,34 +17,80 @@ from the project's directory. In order:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from steps import PREFIX, git, run_step, say, uv_command
+from steps import PREFIX, format_python, git, run_step, say, uv_command, written_files
 
 GENERATED_PATTERNS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "*_pb2_grpc.pyi")
 CONFLICT_MARKERS = (b"<<<<<<< ", b">>>>>>> ")
 MOVES = Path(__file__).resolve().parent / "moves.toml"
 
 
-def last_generation() -> str | None:
-    """The commit that last recorded a template version: the base of the user's own edits."""
-    found = git("log", "-1", "--format=%H", "--", ".copier-answers.yml").stdout.strip()
-    return found or None
+class Base:
+    """The files the user started from: the last version of the template, rendered with the
+    last answers (as copier's own temporary copy was, which is gone by now). Rendered on first
+    use, since most updates delete and move nothing."""
+
+    def __init__(self) -> None:
+        self._root: Path | None = None
+
+    def root(self) -> Path:
+        if self._root is None:
+            import yaml
+            from copier import run_copy
+
+            answers = yaml.safe_load(blob("HEAD", ".copier-answers.yml") or b"{}")
+            self._root = Path(tempfile.mkdtemp(prefix="copier-python-service-base."))
+            data = {key: value for key, value in answers.items() if not key.startswith("_")}
+            run_copy(
+                answers["_src_path"],
+                str(self._root),
+                data=data,
+                vcs_ref=answers["_commit"],
+                defaults=True,
+                unsafe=True,
+                skip_tasks=True,
+                quiet=True,
+            )
+            uv = uv_command()
+            if uv is not None:
+                with working_directory(self._root):
+                    format_python(uv, written_files())
+        return self._root
+
+    def content(self, path: str) -> bytes | None:
+        file = self.root() / path
+        return file.read_bytes() if file.is_file() else None
+
+    def edited(self, path: str) -> bool:
+        """Whether the last commit's ``path`` differs from what the template had rendered."""
+        return blob("HEAD", path) != self.content(path)
+
+    def remove(self) -> None:
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
 
 
-def blob(commit: str | None, path: str) -> bytes | None:
-    if commit is None:
-        return None
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def blob(commit: str, path: str) -> bytes | None:
     shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, check=False)
     return shown.stdout if shown.returncode == 0 else None
-
-
-def edited_since(base: str | None, path: str) -> bool:
-    """Whether the last commit's ``path`` differs from what the last generation wrote there."""
-    return blob("HEAD", path) != blob(base, path)
 
 
 def crossed(version: str) -> bool:
@@ -64,7 +111,7 @@ def package_name() -> str:
     return str(answers["package_name"])
 
 
-def carry_moves(base: str | None) -> set[str]:
+def carry_moves(base: Base) -> set[str]:
     """Merge the user's edits of each moved file into its new place; returns the old paths."""
     moves = tomllib.loads(MOVES.read_text(encoding="utf-8")).get("moves", [])
     handled = set()
@@ -73,15 +120,15 @@ def carry_moves(base: str | None) -> set[str]:
             continue
         old = move["old"].format(package=package_name())
         new = move["new"].format(package=package_name())
-        theirs, ours, ancestor = Path(new), blob("HEAD", old), blob(base, old)
+        theirs, ours = Path(new), blob("HEAD", old)
         handled.add(old)
-        if ours is None or ours == ancestor:
+        if ours is None or not base.edited(old):
             continue  # not in the project, or never edited: the template's new file is right
         if not theirs.exists():
             Path(old).write_bytes(ours)  # the release dropped it: keep the user's version
             continue
         Path(old).unlink(missing_ok=True)
-        merge_into(theirs, ours, ancestor or b"")
+        merge_into(theirs, ours, base.content(old) or b"")
         git("rm", "-q", "--cached", "--ignore-unmatch", "--", old)
         say(f"moved your edits of {old} to {new} (the template moved the file)")
     return handled
@@ -100,7 +147,7 @@ def merge_into(target: Path, ours: bytes, ancestor: bytes) -> None:
     base_side.unlink()
 
 
-def keep_edited_deletions(base: str | None, skip: set[str]) -> list[str]:
+def keep_edited_deletions(base: Base, skip: set[str]) -> list[str]:
     """Restore the files the update deleted although the user had edited them."""
     deleted = [name for name in git("ls-files", "-z", "--deleted").stdout.split("\0") if name]
     kept = []
@@ -108,7 +155,7 @@ def keep_edited_deletions(base: str | None, skip: set[str]) -> list[str]:
     for name in deleted:
         if name in skip or name.endswith(generated):
             continue
-        if edited_since(base, name):
+        if base.edited(name):
             git("checkout", "HEAD", "--", name)
             kept.append(name)
     return kept
@@ -199,9 +246,12 @@ def report(kept: list[str], pending: list[str]) -> None:
 
 def main() -> int:
     is_grpc = sys.argv[1] == "True"
-    base = last_generation()
-    moved = carry_moves(base)
-    kept = keep_edited_deletions(base, moved)
+    base = Base()
+    try:
+        moved = carry_moves(base)
+        kept = keep_edited_deletions(base, moved)
+    finally:
+        base.remove()
     if is_grpc:
         untrack_generated_code()
     pending = regenerate(uv_command(), is_grpc)
