@@ -211,13 +211,17 @@ def regenerate(uv: list[str] | None, is_grpc: bool) -> list[str]:
     if not (merged and run_step("locking the dependencies (uv.lock)", lock, quiet=True)):
         pending.append("uv lock")
     if is_grpc:
-        project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
-        rebuild = [*uv, "sync", "--reinstall-package", project["project"]["name"]]
         step = "generating the gRPC code from proto/ (uv sync)"
         ready = not (pending or protos_conflicted)
-        if not (ready and run_step(step, rebuild, quiet=True)):
+        if not (ready and run_step(step, [*uv, "sync", *reinstall_project()], quiet=True)):
             pending.append("uv sync")
     return pending
+
+
+def reinstall_project() -> list[str]:
+    """Build the project again even when uv sees no change (its generated code may be stale)."""
+    project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
+    return ["--reinstall-package", project["project"]["name"]]
 
 
 def report(kept: list[str], pending: list[str]) -> None:
