@@ -281,11 +281,11 @@ def bumped(tag: str) -> str:
 
 TEMPLATE_FIELD = "  string requested_by = 2;\n"
 MOVED_FROM, MOVED_TO = "tests/test_runtime_stall.py", "tests/runtime/test_stall.py"
-BOTH_CHANGED = ["deploy/kubernetes/deployment.yaml", "pyproject.toml"]
+BOTH_CHANGED = ["pyproject.toml"]
 
 
 def release_changing_what_users_change(repo: Path, version: str) -> None:
-    """The next release: a proto field, a dependency and a manifest line, and a moved file."""
+    """The next release: a proto field, a dependency, a manifest line, and a moved file."""
     template = repo / "template"
     proto = template / "proto" / "{{package_name}}" / "v1" / "documents.proto.jinja"
     replace_once(proto, "message PingRequest {}", "message PingRequest {\n" + TEMPLATE_FIELD + "}")
@@ -333,7 +333,9 @@ def test_update_merges_a_template_change_to_what_the_user_changed(
         assert f"conflict {name}" in summary, output
     for command in ("uv lock", "uv sync", "uv run pytest"):
         assert command in summary.split("Finish the update:")[-1], output
-    # Different lines: merged. The proto has the user's RPC and the template's field.
+    # Different lines, even next to each other: merged.
+    manifest = (project / "deploy" / "kubernetes" / "deployment.yaml").read_text(encoding="utf-8")
+    assert "replicas: 5\n  revisionHistoryLimit: 5\n" in manifest
     proto = (project / "proto" / "my_service" / "v1" / "documents.proto").read_text(
         encoding="utf-8"
     )
