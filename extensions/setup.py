@@ -14,7 +14,9 @@ from jinja2 import Environment
 from jinja2.ext import Extension
 
 
-def unfinished_setup(destination: PurePath | str) -> list[str]:
+def unfinished_setup(destination: PurePath | str, is_grpc: bool) -> list[str]:
+    """The commands that finish the set-up; without a record, a project with no lock file (the
+    tasks were skipped) needs the lock and, for gRPC, the generated code."""
     # The record's location is defined once, in the hooks; load that module by its path.
     path = Path(__file__).resolve().parent.parent / "hooks" / "steps.py"
     spec = importlib.util.spec_from_file_location("copier_python_service_steps", path)
@@ -23,7 +25,9 @@ def unfinished_setup(destination: PurePath | str) -> list[str]:
     spec.loader.exec_module(steps)
     record: Path = steps.unfinished_record(Path(destination))
     if not record.exists():
-        return []
+        if (Path(destination) / "uv.lock").exists():
+            return []
+        return ["uv lock", "uv sync"] if is_grpc else ["uv lock"]
     commands = record.read_text(encoding="utf-8").split("\n")
     record.unlink()
     return [command for command in commands if command]
