@@ -14,13 +14,14 @@ an updated project equal to a fresh one is checked by the matrix already.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from combinations import Combination, combinations
+from combinations import REPO, Combination, combinations
 from packaging.version import Version
 from releases import Release, release_repository, releases
 from support import CACHE, git, git_env, once, project_files, render, run, uv
@@ -280,7 +281,22 @@ def bumped(tag: str) -> str:
 
 
 TEMPLATE_FIELD = "  string requested_by = 2;\n"
-MOVED_FROM, MOVED_TO = "tests/test_runtime_stall.py", "tests/runtime/test_stall.py"
+MOVED_NOTE = "# Moved by the template.\n"
+
+
+def movable_test(repo: Path) -> tuple[str, str]:
+    """A plain (not .jinja) template-owned test that gRPC projects have, and where it moves to."""
+    tests = repo / "template" / "tests"
+    found = sorted(
+        path
+        for path in tests.rglob("test_*.py")
+        if "http" not in path.name and "moved" not in path.parts
+    )
+    assert found, f"no plain test file under {tests} to move"
+    old = found[0].relative_to(repo / "template").as_posix()
+    return old, f"tests/moved/{found[0].name}"
+
+
 BOTH_CHANGED = ["pyproject.toml"]
 
 
@@ -295,11 +311,12 @@ def release_changing_what_users_change(repo: Path, version: str) -> None:
     )
     manifest = template / "deploy" / "kubernetes" / "deployment.yaml.jinja"
     replace_once(manifest, "  replicas: 2\n", "  replicas: 2\n  revisionHistoryLimit: 5\n")
-    moved = template / MOVED_TO
+    old, new = movable_test(repo)
+    moved = template / new
     moved.parent.mkdir(parents=True, exist_ok=True)
-    (template / MOVED_FROM).rename(moved)
-    replace_once(moved, "Stall detection names", "Stall detection (moved by the template) names")
-    move = f'{{ version = "{version}", old = "{MOVED_FROM}", new = "{MOVED_TO}" }}'
+    (template / old).rename(moved)
+    moved.write_text(MOVED_NOTE + moved.read_text(encoding="utf-8"), encoding="utf-8")
+    move = f'{{ version = "{version}", old = "{old}", new = "{new}" }}'
     replace_once(repo / "hooks" / "moves.toml", "moves = [\n", f"moves = [\n    {move},\n")
     git("add", "--all", cwd=repo)
     git("commit", "--quiet", "-m", f"Release {version}", cwd=repo)
@@ -315,13 +332,14 @@ def test_update_merges_a_template_change_to_what_the_user_changed(
 ) -> None:
     repo = tmp_path / "template"
     git("clone", "--quiet", str(release_repo), str(repo), cwd=tmp_path)
+    git("checkout", "--quiet", "-B", "next", newest_tag, cwd=repo)
     env = user_env(SCENARIO)
     project = tmp_path / "svc"
     generate(repo, newest_tag, SCENARIO, matrix_python, project, env)
     survivors = edit_like_a_user(project, env)
-    append(project / MOVED_FROM, "\n\ndef test_added_by_the_user() -> None:\n    assert True\n")
+    moved_from, moved_to = movable_test(repo)
+    append(project / moved_from, "\n\ndef test_added_by_the_user() -> None:\n    assert True\n")
     git("commit", "--quiet", "--all", "-m", "A test of our own", cwd=project)
-    git("checkout", "--quiet", "-B", "next", newest_tag, cwd=repo)
     release_changing_what_users_change(repo, bumped(newest_tag))
 
     output = copier("update", "--trust", "--defaults", cwd=project, env=env)
@@ -344,9 +362,9 @@ def test_update_merges_a_template_change_to_what_the_user_changed(
         text = (project / name).read_text(encoding="utf-8")
         assert line in text, f"the user's edit of {name} was lost"
     # The moved file has the user's test and the template's change; the old one is gone.
-    moved = (project / MOVED_TO).read_text(encoding="utf-8")
-    assert "test_added_by_the_user" in moved and "moved by the template" in moved
-    assert not (project / MOVED_FROM).exists()
+    moved = (project / moved_to).read_text(encoding="utf-8")
+    assert "test_added_by_the_user" in moved and moved.startswith(MOVED_NOTE)
+    assert not (project / moved_from).exists()
     assert not rejects(project)
 
     # The user keeps both sides of each conflict, then runs the commands of the summary.
@@ -427,3 +445,10 @@ def test_check_update_reports_release_versions(
 
     newest = str(Version(newest_tag))
     assert f"Current version is {oldest.version}, latest version is {newest}" in output, output
+
+
+def test_every_release_has_a_changelog_section() -> None:
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^## (\d+\.\d+\.\d+)", changelog, flags=re.MULTILINE))
+    missing = [release.version for release in releases() if release.version not in sections]
+    assert not missing, f"releases without a section in CHANGELOG.md: {missing}"
