@@ -220,6 +220,11 @@ def edit_like_a_user(project: Path, env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def assert_survive(project: Path, survivors: dict[str, str]) -> None:
+    lost = [name for name, line in survivors.items() if line not in (project / name).read_text()]
+    assert not lost, f"the user's edits of these files were lost: {lost}"
+
+
 def changed_by_template(repo: Path, old: str, new: str, python: str, scratch: Path) -> set[str]:
     """The files whose fresh generation differs between two releases (for SCENARIO's answers)."""
     trees = {}
@@ -251,10 +256,7 @@ def test_update_from_release_keeps_every_user_edit(
 
     output = copier("update", "--trust", "--defaults", cwd=project, env=env)
 
-    for name, line in survivors.items():
-        assert line in (project / name).read_text(encoding="utf-8"), (
-            f"the user's edit of {name} was lost"
-        )
+    assert_survive(project, survivors)
     both_changed = changed_by_template(
         release_repo, release.tag, newest_tag, matrix_python, tmp_path
     )
@@ -358,9 +360,7 @@ def test_update_merges_a_template_change_to_what_the_user_changed(
         encoding="utf-8"
     )
     assert "rpc CountWords" in proto and TEMPLATE_FIELD in proto
-    for name, line in survivors.items():
-        text = (project / name).read_text(encoding="utf-8")
-        assert line in text, f"the user's edit of {name} was lost"
+    assert_survive(project, survivors)
     # The moved file has the user's test and the template's change; the old one is gone.
     moved = (project / moved_to).read_text(encoding="utf-8")
     assert "test_added_by_the_user" in moved and moved.startswith(MOVED_NOTE)
