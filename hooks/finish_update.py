@@ -248,8 +248,7 @@ def report(kept: list[str], pending: list[str]) -> None:
     print("\n".join(lines), flush=True)
 
 
-def main() -> int:
-    is_grpc = sys.argv[1] == "True"
+def finish(is_grpc: bool) -> None:
     base = Base()
     try:
         moved = carry_moves(base)
@@ -260,6 +259,15 @@ def main() -> int:
         untrack_generated_code()
     pending = regenerate(uv_command(), is_grpc)
     report(kept, pending)
+
+
+def main() -> int:
+    try:
+        finish(is_grpc=sys.argv[1] == "True")
+    except Exception as error:
+        # The merge itself is done: say what is left instead of failing the whole update.
+        say(f"finishing the update failed: {error}")
+        print("Finish it by hand: resolve what `git status` shows, then `uv lock`, `uv sync`.")
     return 0
 
 
