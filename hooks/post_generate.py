@@ -69,7 +69,7 @@ def set_up(is_grpc: bool) -> list[str]:
     if not run_step("locking the dependencies (uv.lock)", [*uv, "lock"]):
         unfinished.append("uv lock")
     # Building the package (an editable install) generates its gRPC code (hatch_build.py).
-    if is_grpc and not run_step("generating the gRPC code (uv sync)", [*uv, "sync"]):
+    if is_grpc and not run_step("generating the gRPC code (uv sync)", [*uv, "sync", "--quiet"]):
         unfinished.append("uv sync")
     return unfinished
 
