@@ -82,39 +82,20 @@ def docstring(value: str, width: int = 100) -> str:
     return "\n".join([lines[0].removeprefix('"""'), *lines[1:], ""])
 
 
-def py_string(value: str, column: int = 0, indent: int = 0, width: int = 100) -> str:
-    """``value`` as a Python string literal, formatted the way ``ruff format`` leaves it.
+def py_string(value: str, width: int = 80) -> str:
+    """``value`` as a Python string literal; ``ruff format``, run after rendering, lays it out.
 
-    Double quotes unless a piece has more double than single quotes (ruff's rule, applied to each
-    piece of a split literal); non-ASCII text stays readable. ``column`` is where the literal
-    starts on its line and ``indent`` that line's indentation: a literal that would pass
-    ``width`` becomes a parenthesized, implicitly concatenated one, split after spaces (text
-    without spaces stays on one line, as ruff leaves it).
+    A formatter never splits a string, so a text longer than ``width`` becomes a parenthesized
+    implicit concatenation of pieces split after spaces, which ruff puts one per line.
     """
-
-    def literal(text: str) -> str:
-        quote = "'" if text.count('"') > text.count("'") else '"'
-        body = text.replace("\\", "\\\\").replace(quote, "\\" + quote)
-        for char, escape in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
-            body = body.replace(char, escape)
-        return quote + body + quote
-
-    single = literal(value)
-    if column + len(single) <= width:
-        return single
-    inner = " " * (indent + 4)
-    parts: list[str] = []
-    current = ""
+    pieces = [""]
     for word in re.split(r"(?<= )", value):
-        if current and len(inner) + len(literal(current + word)) > width:
-            parts.append(current)
-            current = ""
-        current += word
-    parts.append(current)
-    if len(parts) == 1:
-        return single
-    lines = "\n".join(inner + literal(part) for part in parts)
-    return f"(\n{lines}\n{' ' * indent})"
+        if pieces[-1] and len(pieces[-1]) + len(word) > width:
+            pieces.append("")
+        pieces[-1] += word
+    if len(pieces) == 1:
+        return repr(value)
+    return "(" + " ".join(repr(piece) for piece in pieces) + ")"
 
 
 # The interactive prompt shows a refusal on one line of the terminal: every message fits 78

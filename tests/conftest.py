@@ -27,7 +27,12 @@ from support import (
 
 # The long tests first, so that two workers finish together instead of one waiting on a late
 # long test. Suites that probably share a run (see test_matrix.py) go last, when it has happened.
-LONG = ["test_own_test_suite", "test_installs_from_own_lock_file", "test_update", "test_mypy"]
+LONG = [
+    "test_own_test_suite",
+    "test_installs_from_own_lock_file",
+    "test_update_from_release_equals_fresh_generation",
+    "test_mypy",
+]
 SHARED_RUNS = {"test_own_test_suite", "test_mypy"}
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -191,7 +192,11 @@ def render(
     skip_tasks: bool = True,
     vcs_ref: str = "HEAD",
 ) -> None:
-    """``copier copy --defaults --trust`` in this process (the CLI itself is tested elsewhere)."""
+    """``copier copy --defaults --trust`` in this process (the CLI itself is tested elsewhere).
+
+    Without the tasks, the post-generation hook's formatting step still runs: what the tests check
+    is what users get.
+    """
     from copier import run_copy
 
     run_copy(
@@ -204,6 +209,14 @@ def render(
         vcs_ref=vcs_ref,
         quiet=True,
     )
+    if skip_tasks:
+        format_like_the_hook(template, destination)
+
+
+def format_like_the_hook(template: Path, project: Path) -> None:
+    """The post-generation hook's formatting step (``ruff format`` at the project's pin)."""
+    hook = template / "hooks" / "post_generate.py"
+    run([sys.executable, hook, "format", "-"], cwd=project, env=git_env(), timeout=300)
 
 
 def project_files(root: Path) -> list[Path]:

@@ -877,9 +877,9 @@ def container(env: dict[str, str], image: str, *options: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def image_project(
-    template: Path, session_dir: Path, podman_env: dict[str, str], shared_venv: Path
+    template: Path, session_dir: Path, podman_env: dict[str, str]
 ) -> Callable[[str], Path]:
-    """A project for the stand-in base image's Python, with its lock file (and gRPC stubs)."""
+    """A project for the stand-in base image's Python, with its lock file."""
 
     def get(transport: str) -> Path:
         project = session_dir / "images" / transport
@@ -891,8 +891,7 @@ def image_project(
             }
             render(template, project, data)
             run(["uv", "lock", "--quiet"], cwd=project, timeout=300)
-            if (project / "scripts" / "protos.py").exists():
-                run([shared_venv / "bin" / "python", "scripts/protos.py"], cwd=project)
+            # No gRPC code here: building the image generates it (hatch_build.py).
 
         once(session_dir / "images" / f"{transport}.rendered", build)
         return project

@@ -175,27 +175,35 @@ def test_docstring_filter_reads_back_exactly(template: Path, text: str) -> None:
     assert max(len(line) for line in literal.splitlines()) <= 100
 
 
-def test_py_string_filter_reads_back_and_is_formatted_as_ruff_leaves_it(
+def test_py_string_filter_reads_back_and_fits_once_formatted(
     template: Path, tmp_path: Path, shared_venv: Path, worker_cache: Path
 ) -> None:
-    """The filter the template uses to put free text into Python string literals."""
+    """The filter the template uses to put free text into Python string literals.
+
+    Layout is ruff format's job (the post-generation hook runs it); the filter only makes a
+    literal that reads back exactly, in pieces that ruff can put on lines of 100 columns.
+    """
     sys.path.insert(0, str(template / "extensions"))
     from names import py_string
 
     texts = [*HOSTILE.values(), "plain", 'only "double" here', "word " * 40, "x" * 120, "a\tb\nc"]
     lines = []
     for index, text in enumerate(texts):
-        lines.append(f"V{index} = {py_string(text, column=len(f'V{index} = '))}\n\n")
-        call = py_string(text, column=len("        description="), indent=8)
+        lines.append(f"V{index} = {py_string(text)}\n\n")
         lines.append(f"\ndef f{index}() -> object:\n    return dict(\n")
-        lines.append(f"        description={call},\n    )\n\n\n")
+        lines.append(f"        description={py_string(text)},\n    )\n\n\n")
     module = tmp_path / "strings.py"
     module.write_text("".join(lines).rstrip() + "\n", encoding="utf-8")
+    env = tool_env(shared_venv, mypy_cache=worker_cache)
+    ruff = [shared_venv / "bin" / "ruff", "format", "--no-cache", "--line-length=100", module]
+    run(ruff, cwd=tmp_path, env=env)
+    formatted = module.read_text(encoding="utf-8")
     namespace: dict[str, object] = {}
-    exec(compile(module.read_text(encoding="utf-8"), str(module), "exec"), namespace)
+    exec(compile(formatted, str(module), "exec"), namespace)
     for index, text in enumerate(texts):
         assert namespace[f"V{index}"] == text
-    env = tool_env(shared_venv, mypy_cache=worker_cache)
-    ruff = [shared_venv / "bin" / "ruff", "format", "--check", "--diff", "--line-length=100"]
-    result = run([*ruff, "--no-cache", module], cwd=tmp_path, env=env, check=False)
-    assert result.returncode == 0, result.stdout
+    # Too long only when the text has no space to split at (ruff leaves such a string whole).
+    too_long = [
+        line for line in formatted.splitlines() if len(line) > 100 and " " in line.partition('"')[2]
+    ]
+    assert not too_long, "\n".join(too_long)

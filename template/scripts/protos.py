@@ -1,12 +1,13 @@
 """Generate the Python code for the .proto files under proto/ into src/.
 
     uv run python scripts/protos.py          # regenerate after editing a .proto file
-    uv run python scripts/protos.py --check  # exit 1 when the committed code is stale (CI)
+    uv run python scripts/protos.py --check  # exit 1 when the generated code is stale
 
 For each ``proto/<package>/<version>/<name>.proto`` it writes ``<name>_pb2.py`` (messages),
 ``<name>_pb2_grpc.py`` (client stub and servicer base class) and a ``.pyi`` stub for each, made
 by mypy-protobuf so that ``mypy --strict`` can check the code that uses them. The generated
-files are committed: the service and its container image need no code generator at run time.
+files are build artifacts, not committed: building the package (``uv sync``, the container
+image) runs this script through hatch_build.py, so they always match the .proto files.
 """
 
 from __future__ import annotations
@@ -76,16 +77,16 @@ def package_inits(generated: set[Path]) -> set[Path]:
 
 
 def differences(fresh_dir: Path) -> list[str]:
-    """What the committed code lacks or has in excess compared with a fresh generation."""
+    """What the code in src/ lacks or has in excess compared with a fresh generation."""
     fresh = generated_files(fresh_dir)
-    committed = generated_files(OUTPUT_DIR)
+    present = generated_files(OUTPUT_DIR)
     problems = [
         f"stale: src/{path}"
-        for path in sorted(fresh & committed)
+        for path in sorted(fresh & present)
         if not filecmp.cmp(fresh_dir / path, OUTPUT_DIR / path, shallow=False)
     ]
-    problems += [f"missing: src/{path}" for path in sorted(fresh - committed)]
-    problems += [f"orphaned (no .proto file): src/{path}" for path in sorted(committed - fresh)]
+    problems += [f"missing: src/{path}" for path in sorted(fresh - present)]
+    problems += [f"orphaned (no .proto file): src/{path}" for path in sorted(present - fresh)]
     problems += [
         f"missing: src/{path}"
         for path in sorted(package_inits(fresh))
@@ -131,7 +132,7 @@ def main() -> int:
             for problem in problems:
                 print(problem, file=sys.stderr)
             if problems:
-                print("run `uv run python scripts/protos.py`, then commit", file=sys.stderr)
+                print("run `uv sync` (or `uv run python scripts/protos.py`)", file=sys.stderr)
                 return 1
             print(f"generated code is up to date ({len(proto_files)} .proto files)")
             return 0

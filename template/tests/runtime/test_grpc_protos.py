@@ -1,4 +1,4 @@
-"""``scripts/protos.py``: the committed stubs match the .proto files, and staleness is caught."""
+"""``scripts/protos.py``: the generated stubs match the .proto files, and staleness is caught."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def protos(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_committed_stubs_are_up_to_date() -> None:
+def test_the_generated_stubs_are_up_to_date() -> None:
     result = protos(ROOT, "--check")
     assert result.returncode == 0, result.stderr
 
@@ -61,3 +61,24 @@ def test_a_broken_proto_file_is_reported_without_a_traceback(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "documents.proto" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_generated_code_says_what_to_run(tmp_path: Path) -> None:
+    # The package without its generated code, as after a clone before `uv sync`.
+    package = tmp_path / PACKAGE
+    (package / "v1").mkdir(parents=True)
+    shutil.copyfile(SRC / PACKAGE / "__init__.py", package / "__init__.py")
+    shutil.copyfile(SRC / PACKAGE / "v1" / "__init__.py", package / "v1" / "__init__.py")
+
+    result = subprocess.run(
+        [sys.executable, "-c", f"from {PACKAGE}.v1 import documents_pb2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PYTHONPATH": str(tmp_path), "PATH": ""},
+    )
+
+    assert result.returncode == 1
+    assert "documents_pb2 is missing" in result.stderr
+    assert "uv sync" in result.stderr
