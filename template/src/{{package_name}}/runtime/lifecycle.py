@@ -175,14 +175,7 @@ class Runtime:
             lag_interval=settings.lag_interval,
             use_faulthandler=settings.stall_faulthandler,
         )
-        self.offloader = Offloader(
-            settings.offload_executor,
-            workers=settings.offload_workers,
-            queue_size=settings.offload_queue,
-            timeout=settings.offload_timeout,
-            log_level=settings.log_level,
-            log_format=settings.log_format,
-        )
+        self.offloader = Offloader.from_settings(settings)
         self.signals = ShutdownSignals(self._on_signal)
         self.shutdown_reason: str | None = None
         self._shutdown_requested = threading.Event()

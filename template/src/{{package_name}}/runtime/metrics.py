@@ -39,28 +39,6 @@ WATCHDOG_STARVED = Counter(
     "stall_watchdog_starved",
     "Times the watchdog thread itself could not run (C code held the GIL); see stderr dumps.",
 )
-OFFLOAD_IN_FLIGHT = Gauge(
-    "offload_in_flight", "Offloaded calls running in a worker right now.", ["executor"]
-)
-OFFLOAD_QUEUED = Gauge(
-    "offload_queued", "Offloaded calls accepted and waiting for a free worker.", ["executor"]
-)
-OFFLOAD_REJECTED = Counter(
-    "offload_rejected",
-    "Offloaded calls rejected at once because workers and queue were full.",
-    ["executor"],
-)
-OFFLOAD_DURATION = Histogram(
-    "offload_duration_seconds",
-    "Time from submission to result of offloaded calls, by outcome.",
-    ["executor", "outcome"],
-    buckets=_DURATION_BUCKETS,
-)
-OFFLOAD_WORKER_CRASHES = Counter(
-    "offload_worker_crashes",
-    "Offload worker processes that died (killed, crashed, or replaced after a timeout).",
-    ["reason"],
-)
 REQUEST_DURATION = Histogram(
     "request_duration_seconds",
     "Request handling time by method (route or RPC) and status.",
