@@ -324,10 +324,9 @@ class Offloader:
             **job.request_values(),
         )
 
-    def report_stopped(self, job: Job, pid: int | None) -> None:
-        """A process worker was killed to stop ``job``: tell its caller and the log."""
+    def report_stopped(self, job: Job, pid: int | None) -> Exception:
+        """A process worker was killed to stop ``job``: log it; the error for its caller."""
         metrics.KILLED.labels(executor=self.executor, reason=job.stop_reason or "").inc()
-        job.settle(error=self._stopped_error(job, f"its worker process (pid {pid}) was killed"))
         log.warning(
             "offload_call_killed",
             function=job.label,
@@ -336,11 +335,14 @@ class Offloader:
             pid=pid,
             **job.request_values(),
         )
+        return self._stopped_error(job, f"its worker process (pid {pid}) was killed")
 
     def _stopped_error(self, job: Job, what_happened: str) -> Exception:
         ran = f"{job.ran_for():.3f}"
         if job.stop_reason == "cancelled":
-            return OffloadCancelled(f"the caller of {job.label} went away after {ran} s; {what_happened}")
+            return OffloadCancelled(
+                f"the caller of {job.label} went away after {ran} s; {what_happened}"
+            )
         return OffloadTimeout(f"{job.label} did not finish in time ({ran} s); {what_happened}")
 
     def _keep_deadlines(self) -> None:
@@ -377,17 +379,21 @@ class Offloader:
             job, too_late = self.admission.next_job()
             for late in too_late:
                 late.release()
-                late.settle(error=OffloadTimeout(
-                    f"{late.label} was not started: its request had too little time left"
-                ))
+                late.settle(
+                    error=OffloadTimeout(
+                        f"{late.label} was not started: its request had too little time left"
+                    )
+                )
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
             self._update_gauges()
             if job is not None or not too_late:
                 return job
 
-    def free(self, job: Job, *, succeeded: bool) -> None:
-        """The worker that ran ``job`` is free again."""
-        self.admission.finish(job, succeeded=succeeded and job.stop_reason is None)
+    def complete(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """The worker that ran ``job`` is free again: give back its place, then answer the
+        caller (in that order, so a caller that calls again at once finds the place free).
+        """
+        self.admission.finish(job, succeeded=error is None and job.stop_reason is None)
         if self.executor == "thread" and job.stop_reason is not None:
             with self.admission.lock:
                 self._abandoned -= 1
@@ -399,6 +405,7 @@ class Offloader:
                 **job.request_values(),
             )
         self._update_gauges()
+        job.settle(result, error)
 
 
 def _outcome(error: BaseException) -> str:

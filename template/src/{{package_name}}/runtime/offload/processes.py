@@ -62,7 +62,9 @@ class ProcessWorker:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self.current: Job | None = None
-        self.thread = threading.Thread(target=self.serve, name=f"offload-feeder-{index}", daemon=True)
+        self.thread = threading.Thread(
+            target=self.serve, name=f"offload-feeder-{index}", daemon=True
+        )
 
     @property
     def pid(self) -> int | None:
@@ -128,90 +130,93 @@ class ProcessWorker:
         while (job := self._pool.next_job()) is not None:
             with self._lock:
                 self.current = job
-            healthy = self._execute(job)
+            result, error = self._execute(job)
             with self._lock:
                 self.current = None
-            self._pool.free(job, succeeded=healthy)
-            del job
+            self._pool.complete(job, result, error)
+            del job, result, error
         if self._conn is not None and self._process is not None and self._process.is_alive():
             with contextlib.suppress(OSError):
                 self._conn.send(None)  # ask the worker to exit; it is idle
             self._process.join(5.0)
         self.kill()
 
-    def _execute(self, job: Job) -> bool:
-        """Run ``job`` in the worker; ``False`` if the worker had to be replaced."""
+    def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
+        """Run ``job`` in the worker: its result, or the error for its caller.
+
+        A worker that died is replaced before this returns, so the caller that hears about it
+        finds the pool whole again.
+        """
         if self._process is None or self._conn is None or not self._process.is_alive():
             self._replace("dead")
         process, conn = self._process, self._conn
         if process is None or conn is None:
-            job.settle(error=WorkerCrashed("no offload worker process could be started"))
-            return False
-        if not self._send(conn, job):
-            return True
+            return None, WorkerCrashed("no offload worker process could be started")
+        failure = self._send(conn, job)
+        if failure is not None:
+            return None, failure
         job.release()  # the worker has its own copy now
         ready = multiprocessing.connection.wait([conn, process.sentinel])
-        if conn in ready and self._receive(conn, job):
-            return True
-        self._ended(process, job)
-        return False
+        if conn in ready:
+            try:
+                return self._receive(conn, job)
+            except (EOFError, OSError):
+                pass  # it died while replying
+        return None, self._ended(process, job)
 
-    def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> bool:
-        """Hand the call to the worker; ``False`` if it cannot be sent (the caller is told)."""
+    def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> BaseException | None:
+        """Hand the call to the worker; the error for the caller if it cannot be sent."""
         try:
             conn.send((job.fn, job.args, job.kwargs, job.values))
         except (BrokenPipeError, ConnectionResetError):
-            return True  # the worker is gone: noticed while waiting, like a crash
+            return None  # the worker is gone: noticed while waiting, like a crash
         except Exception as error:  # not picklable: tell the caller why
             failure = OffloadError(
                 f"cannot send {job.label} to a worker process: {error} (offloaded functions "
                 "and their arguments must be picklable: use module-level functions)"
             )
             failure.__cause__ = error
-            job.settle(error=failure)
-            return False
-        return True
+            return failure
+        return None
 
-    def _receive(self, conn: multiprocessing.connection.Connection, job: Job) -> bool:
-        """Complete the call from the worker's reply; ``False`` if the worker died instead."""
+    def _receive(
+        self, conn: multiprocessing.connection.Connection, job: Job
+    ) -> tuple[Any, BaseException | None]:
+        """The worker's reply; raises EOFError or OSError if the worker died instead."""
         try:
             status, payload, remote_tb = conn.recv()
         except (EOFError, OSError):
-            return False
+            raise
         except Exception as error:  # an unpicklable result or exception
-            job.settle(error=OffloadError(f"the result of {job.label} could not be received: {error}"))
-            return True
+            return None, OffloadError(f"the result of {job.label} could not be received: {error}")
         if status == "ok":
-            job.settle(payload)
-        else:
-            payload.__cause__ = RemoteTraceback(remote_tb)
-            job.settle(error=payload)
-        return True
+            return payload, None
+        payload.__cause__ = RemoteTraceback(remote_tb)
+        return None, payload
 
-    def _ended(self, process: multiprocessing.process.BaseProcess, job: Job) -> None:
+    def _ended(self, process: multiprocessing.process.BaseProcess, job: Job) -> BaseException:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
         if job.stop_reason is not None:
-            self._pool.report_stopped(job, pid=process.pid)
+            error = self._pool.report_stopped(job, pid=process.pid)
             self._replace(job.stop_reason)
-            return
+            return error
         description = exit_description(process.exitcode)
         if self._pool.closed:
-            message = f"the service shut down before {job.label} finished"
-        else:
-            message = (
-                f"the offload worker process (pid {process.pid}) {description} while running "
-                f"{job.label}; it is being replaced"
-            )
-            log.error(
-                "offload_worker_crashed",
-                function=job.label,
-                pid=process.pid,
-                detail=description,
-                **job.request_values(),
-            )
-        job.settle(error=WorkerCrashed(message))
-        self._replace("shutdown" if self._pool.closed else "crash")
+            self._replace("shutdown")
+            return WorkerCrashed(f"the service shut down before {job.label} finished")
+        log.error(
+            "offload_worker_crashed",
+            function=job.label,
+            pid=process.pid,
+            detail=description,
+            **job.request_values(),
+        )
+        self._replace("crash")
+        return WorkerCrashed(
+            f"the offload worker process (pid {process.pid}) {description} while running "
+            f"{job.label}; it has been replaced"
+        )
 
 
 def start_process_workers(pool: Offloader) -> list[ProcessWorker]:

@@ -33,13 +33,12 @@ def serve(pool: Offloader) -> None:
     while (job := pool.next_job()) is not None:
         assert job.fn is not None
         assert job.context is not None
-        succeeded = False
+        result: object = None
+        failure: BaseException | None = None
         try:
             result = job.context.run(job.fn, *job.args, **job.kwargs)
         except BaseException as error:  # handed to the caller; SystemExit must not end us
-            job.settle(error=contained(error, job.label))
-        else:
-            succeeded = job.settle(result)
+            failure = contained(error, job.label)
         job.release()
-        pool.free(job, succeeded=succeeded)
-        del job
+        pool.complete(job, result, failure)
+        del job, result, failure
