@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -43,10 +44,25 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def release_forkserver_pipe() -> None:
+    """Close this worker's copy of the pipe that tells the forkserver the service is gone.
+
+    The forkserver exits when every copy of that pipe's write end is closed, and it hands a
+    copy to each child it forks. A worker that kept it would keep the forkserver alive after
+    the service died, and so, through :func:`die_with_parent`, itself.
+    """
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
 def worker_main(
     conn: multiprocessing.connection.Connection, log_level: str, log_format: str, nice: int
 ) -> None:
     """The loop of a worker process."""
+    release_forkserver_pipe()
     die_with_parent()
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
