@@ -158,7 +158,7 @@ def test_never_ending_calls_abandoned_by_their_clients_free_the_process_pool(
     assert [answer["outcome"] for answer in answers] == ["gave up"] * 4
 
     def serving() -> bool:
-        return service.call("pid", give_up_after=10.0)["outcome"] == "ok"
+        return bool(service.call("pid", give_up_after=10.0)["outcome"] == "ok")
 
     wait_until(serving, timeout=15, what="the pool to serve again")
     killed = service.events("offload_call_killed")

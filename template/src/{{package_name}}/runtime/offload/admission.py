@@ -55,6 +55,11 @@ class Admission:
                     f"all {self.workers} offload workers are busy and "
                     f"{self.capacity - self.workers} calls are queued"
                 )
+            if job.deadline is not None and not self._can_finish_in_time(job):
+                raise OffloadRejected(
+                    f"{job.label} would not finish before its request's deadline: "
+                    f"{len(self._queue)} calls are queued for {self.workers} workers"
+                )
             self.admitted += 1
             self._queue.append(job)
             self.job_ready.notify()
@@ -91,6 +96,20 @@ class Admission:
                 self._running.add(job)
                 self.changed.notify()
                 return job, too_late
+
+    def _can_finish_in_time(self, job: Job) -> bool:
+        """Whether ``job`` can be expected to end before its deadline, judged by how long its
+        function usually takes and how many calls are ahead of it. Refusing it now is cheaper
+        than letting it time out in the queue (or worse, be killed half-way).
+        """
+        assert job.deadline is not None
+        typical = self._typical.get(job.label)
+        if typical is None:
+            return True  # nothing known yet: let it try
+        free = self.workers - len(self._running)
+        ahead = len(self._queue) - free + 1
+        wait = max(0, ahead) / self.workers * typical
+        return time.monotonic() + wait + typical + self.min_remaining <= job.deadline
 
     def _needed(self, label: str) -> float:
         return max(self.min_remaining, self._typical.get(label, 0.0))
