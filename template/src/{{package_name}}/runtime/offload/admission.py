@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from .errors import OffloadRejected
 from .job import Job
 
-# Weight of the newest run in a function's typical duration (an exponential moving average).
-_SMOOTHING = 0.2
+# How many recent runs of a function its best-case duration is taken from. The fastest of them,
+# not an average: a call is refused only if it could not finish even at that speed, so a slow
+# call with a big input never gets a later small one refused.
+_RECENT_RUNS = 16
 
 
 class Admission:
@@ -31,7 +33,7 @@ class Admission:
         self.changed = threading.Condition(self.lock)  # the deadline keeper waits here
         self._queue: deque[Job] = deque()
         self._running: set[Job] = set()
-        self._typical: dict[str, float] = {}
+        self._recent: dict[str, deque[float]] = {}
         self.admitted = 0
         self.accepting = False
         self.closed = False
@@ -70,8 +72,8 @@ class Admission:
 
         Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
         starting them (then ask again); ``(None, [])`` when the pool is closing. A call is too
-        late when its request has less time left than the floor, or than the function usually
-        takes: failing it costs nothing, starting it would cost a worker killed at the deadline.
+        late when its request has less time left than the floor, or than its function's fastest
+        recent run: failing it costs nothing, starting it would cost a worker killed at the deadline.
         """
         too_late: list[Job] = []
         with self.lock:
@@ -98,21 +100,26 @@ class Admission:
                 return job, too_late
 
     def _can_finish_in_time(self, job: Job) -> bool:
-        """Whether ``job`` can be expected to end before its deadline, judged by how long its
-        function usually takes and how many calls are ahead of it. Refusing it now is cheaper
+        """Whether ``job`` can end before its deadline, judged by how fast its function ran
+        recently and how many calls are ahead of it. Refusing it now is cheaper
         than letting it time out in the queue (or worse, be killed half-way).
         """
         assert job.deadline is not None
-        typical = self._typical.get(job.label)
-        if typical is None:
+        fastest = self._fastest(job.label)
+        if fastest is None:
             return True  # nothing known yet: let it try
         free = self.workers - len(self._running)
         ahead = len(self._queue) - free + 1
-        wait = max(0, ahead) / self.workers * typical
-        return time.monotonic() + wait + typical + self.min_remaining <= job.deadline
+        wait = max(0, ahead) / self.workers * fastest
+        return time.monotonic() + wait + fastest + self.min_remaining <= job.deadline
 
     def _needed(self, label: str) -> float:
-        return max(self.min_remaining, self._typical.get(label, 0.0))
+        return max(self.min_remaining, self._fastest(label) or 0.0)
+
+    def _fastest(self, label: str) -> float | None:
+        """The shortest recent run of the function, or ``None`` before its first one."""
+        recent = self._recent.get(label)
+        return min(recent) if recent else None
 
     def withdraw(self, job: Job) -> bool:
         """Remove a call that is still queued; ``False`` if it has started (or is gone)."""
@@ -131,8 +138,8 @@ class Admission:
             self.admitted -= 1
             if succeeded and job.started is not None:
                 took = time.monotonic() - job.started
-                previous = self._typical.get(job.label, took)
-                self._typical[job.label] = previous + _SMOOTHING * (took - previous)
+                recent = self._recent.setdefault(job.label, deque(maxlen=_RECENT_RUNS))
+                recent.append(took)
             self.changed.notify()
 
     def close(self) -> list[Job]:
