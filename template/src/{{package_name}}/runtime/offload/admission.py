@@ -73,7 +73,8 @@ class Admission:
         Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
         starting them (then ask again); ``(None, [])`` when the pool is closing. A call is too
         late when its request has less time left than the floor, or than its function's fastest
-        recent run: failing it costs nothing, starting it would cost a worker killed at the deadline.
+        recent run: failing it costs nothing, starting it would cost a worker killed at the
+        deadline.
         """
         too_late: list[Job] = []
         with self.lock:
