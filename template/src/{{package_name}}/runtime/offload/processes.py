@@ -130,10 +130,12 @@ class ProcessWorker:
         while (job := self._pool.next_job()) is not None:
             with self._lock:
                 self.current = job
-            result, error = self._execute(job)
+            result, error, replace = self._execute(job)
             with self._lock:
                 self.current = None
             self._pool.complete(job, result, error)
+            if replace is not None:
+                self._replace(replace)  # after answering: a respawn can take seconds
             del job, result, error
         if self._conn is not None and self._process is not None and self._process.is_alive():
             with contextlib.suppress(OSError):
@@ -141,28 +143,28 @@ class ProcessWorker:
             self._process.join(5.0)
         self.kill()
 
-    def _execute(self, job: Job) -> tuple[Any, BaseException | None]:
-        """Run ``job`` in the worker: its result, or the error for its caller.
-
-        A worker that died is replaced before this returns, so the caller that hears about it
-        finds the pool whole again.
+    def _execute(self, job: Job) -> tuple[Any, BaseException | None, str | None]:
+        """Run ``job`` in the worker: its result, or the error for its caller, and why the
+        worker must be replaced (``None`` if it is fine).
         """
         if self._process is None or self._conn is None or not self._process.is_alive():
             self._replace("dead")
         process, conn = self._process, self._conn
         if process is None or conn is None:
-            return None, WorkerCrashed("no offload worker process could be started")
+            return None, WorkerCrashed("no offload worker process could be started"), None
         failure = self._send(conn, job)
         if failure is not None:
-            return None, failure
+            return None, failure, None
         job.release()  # the worker has its own copy now
         ready = multiprocessing.connection.wait([conn, process.sentinel])
         if conn in ready:
             try:
-                return self._receive(conn, job)
+                result, error = self._receive(conn, job)
             except (EOFError, OSError):
                 pass  # it died while replying
-        return None, self._ended(process, job)
+            else:
+                return result, error, None
+        return self._ended(process, job)
 
     def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> BaseException | None:
         """Hand the call to the worker; the error for the caller if it cannot be sent."""
@@ -194,17 +196,18 @@ class ProcessWorker:
         payload.__cause__ = RemoteTraceback(remote_tb)
         return None, payload
 
-    def _ended(self, process: multiprocessing.process.BaseProcess, job: Job) -> BaseException:
+    def _ended(
+        self, process: multiprocessing.process.BaseProcess, job: Job
+    ) -> tuple[None, BaseException, str]:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
+        self.kill()
         if job.stop_reason is not None:
-            error = self._pool.report_stopped(job, pid=process.pid)
-            self._replace(job.stop_reason)
-            return error
-        description = exit_description(process.exitcode)
+            return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
         if self._pool.closed:
-            self._replace("shutdown")
-            return WorkerCrashed(f"the service shut down before {job.label} finished")
+            error = WorkerCrashed(f"the service shut down before {job.label} finished")
+            return None, error, "shutdown"
+        description = exit_description(process.exitcode)
         log.error(
             "offload_worker_crashed",
             function=job.label,
@@ -212,11 +215,11 @@ class ProcessWorker:
             detail=description,
             **job.request_values(),
         )
-        self._replace("crash")
-        return WorkerCrashed(
+        error = WorkerCrashed(
             f"the offload worker process (pid {process.pid}) {description} while running "
-            f"{job.label}; it has been replaced"
+            f"{job.label}; it is being replaced"
         )
+        return None, error, "crash"
 
 
 def start_process_workers(pool: Offloader) -> list[ProcessWorker]:
