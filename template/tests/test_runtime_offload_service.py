@@ -21,30 +21,22 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import OutputLog, free_port, service_env, wait_until
+from conftest import free_port, service_env, wait_until
+from runtime_support import Scenario
 
 SERVICE = Path(__file__).with_name("offload_service.py")
 EXECUTORS = ["thread", "process"]
 MIB = 1024 * 1024
 
 
-class OffloadService:
+class OffloadService(Scenario):
     """``offload_service.py serve`` on a free port; calls are one TCP connection each."""
+
+    script = SERVICE
 
     def __init__(self, **settings: object) -> None:
         self.port = free_port()
-        env = service_env(host="127.0.0.1", port=self.port, log_format="json", **settings)
-        self.process = subprocess.Popen(
-            [sys.executable, str(SERVICE), "serve"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stdout = OutputLog()
-        self.stderr = OutputLog()
-        self.stdout.follow(self.process.stdout)
-        self.stderr.follow(self.process.stderr)
+        super().__init__("serve", host="127.0.0.1", port=self.port, log_format="json", **settings)
         self.stdout.wait_for("offload_service_serving", timeout=60)
 
     def connect(self, op: str, *, size: int = 0, request_id: str = "req-test") -> socket.socket:
@@ -79,27 +71,11 @@ class OffloadService:
             if sample.name == name and labels.items() <= sample.labels.items()
         )
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.stdout.lines):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == name:
-                found.append(event)
-        return found
-
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS line")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture
@@ -114,6 +90,18 @@ def start() -> Iterator[type[OffloadService]]:
     yield Started
     for service in started:
         service.stop()
+
+
+def give_up_on(service: OffloadService, op: str, clients: int) -> list[str]:
+    """``clients`` concurrent calls of ``op`` (request ids ``req-<op>-<n>``), each given up
+    after a second; the outcome of each.
+    """
+    with ThreadPoolExecutor(clients) as pool:
+        answers = pool.map(
+            lambda n: service.call(op, give_up_after=1.0, request_id=f"req-{op}-{n}"),
+            range(clients),
+        )
+        return [answer["outcome"] for answer in answers]
 
 
 def descendants(pid: int) -> set[int]:
@@ -148,14 +136,7 @@ def test_never_ending_calls_abandoned_by_their_clients_free_the_process_pool(
 ) -> None:
     service = start(offload_executor="process", offload_workers=2, offload_queue=2)
     workers_before = descendants(service.process.pid)
-    with ThreadPoolExecutor(4) as clients:
-        answers = list(
-            clients.map(
-                lambda n: service.call("regex", give_up_after=1.0, request_id=f"req-evil-{n}"),
-                range(4),
-            )
-        )
-    assert [answer["outcome"] for answer in answers] == ["gave up"] * 4
+    assert give_up_on(service, "regex", clients=4) == ["gave up"] * 4
 
     def serving() -> bool:
         return bool(service.call("pid", give_up_after=10.0)["outcome"] == "ok")
@@ -164,7 +145,7 @@ def test_never_ending_calls_abandoned_by_their_clients_free_the_process_pool(
     killed = service.events("offload_call_killed")
     assert {event["reason"] for event in killed} == {"cancelled"}
     assert all(event["function"].endswith(".endless_regex") for event in killed)
-    assert {event["request_id"] for event in killed} <= {f"req-evil-{n}" for n in range(4)}
+    assert {event["request_id"] for event in killed} <= {f"req-regex-{n}" for n in range(4)}
     assert all(event["ran_seconds"] > 0 for event in killed)
     assert len(killed) == service.metric("offload_killed_total", reason="cancelled") >= 2
     assert service.metric("offload_cancelled_total", stage="running") == len(killed)
@@ -190,14 +171,7 @@ def test_abandoned_threads_are_answered_counted_and_keep_their_slot(
     start: type[OffloadService],
 ) -> None:
     service = start(offload_executor="thread", offload_workers=2, offload_queue=0)
-    with ThreadPoolExecutor(2) as clients:
-        answers = list(
-            clients.map(
-                lambda n: service.call("spin", give_up_after=1.0, request_id=f"req-spin-{n}"),
-                range(2),
-            )
-        )
-    assert [answer["outcome"] for answer in answers] == ["gave up"] * 2
+    assert give_up_on(service, "spin", clients=2) == ["gave up"] * 2
     wait_until(
         lambda: service.metric("offload_abandoned_threads") == 2, what="two abandoned threads"
     )

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 # Loop lag is small when healthy and seconds when something blocks: cover both ends.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_DURATION_BUCKETS = (
+DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
@@ -43,7 +43,7 @@ REQUEST_DURATION = Histogram(
     "request_duration_seconds",
     "Request handling time by method (route or RPC) and status.",
     ["method", "status"],
-    buckets=_DURATION_BUCKETS,
+    buckets=DURATION_BUCKETS,
 )
 SERVICE_READY = Gauge("service_ready", "1 while the service is ready for traffic, else 0.")
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-_DURATION_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
+from ..metrics import DURATION_BUCKETS
 
 IN_FLIGHT = Gauge(
     "offload_in_flight",
@@ -60,7 +58,7 @@ DURATION = Histogram(
     "offload_duration_seconds",
     "Time from submission to result of offloaded calls, by outcome.",
     ["executor", "outcome"],
-    buckets=_DURATION_BUCKETS,
+    buckets=DURATION_BUCKETS,
 )
 WORKER_CRASHES = Counter(
     "offload_worker_crashes",
