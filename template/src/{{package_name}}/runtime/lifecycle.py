@@ -176,14 +176,7 @@ class Runtime:
             use_faulthandler=settings.stall_faulthandler,
             dump_path=settings.stall_dump_file,
         )
-        self.offloader = Offloader(
-            settings.offload_executor,
-            workers=settings.offload_workers,
-            queue_size=settings.offload_queue,
-            timeout=settings.offload_timeout,
-            log_level=settings.log_level,
-            log_format=settings.log_format,
-        )
+        self.offloader = Offloader.from_settings(settings)
         self.signals = ShutdownSignals(self._on_signal)
         self.shutdown_reason: str | None = None
         self._shutdown_requested = threading.Event()
