@@ -458,7 +458,8 @@ def compose_config(compose: list[str], file: Path) -> subprocess.CompletedProces
 
 def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[str]:
     problems = []
-    (service,) = config["services"].values()
+    slug = answers["project_slug"]
+    service, proxy = config["services"][slug], config["services"][f"{slug}-envoy"]
     if service.get("read_only") is not True or "/tmp" not in service.get("tmpfs", []):
         problems.append("not read_only with a tmpfs at /tmp")
     stop = seconds(service.get("stop_grace_period", "10s"))
@@ -468,8 +469,15 @@ def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[st
     if test[:1] != ["CMD"] or f"{answers['package_name']}.healthcheck" not in test:
         problems.append(f"the health check is not the exec form of the healthcheck: {test}")
     published = {int(port["target"]) for port in service.get("ports", [])}
-    if answers["port"] not in published:
-        problems.append(f"port {answers['port']} is not published")
+    if answers["port"] in published:
+        problems.append(f"the service's port {answers['port']} is published, bypassing Envoy")
+    if answers["port"] not in {int(port["target"]) for port in proxy.get("ports", [])}:
+        problems.append(f"Envoy does not publish port {answers['port']}")
+    if proxy.get("read_only") is not True or proxy.get("cap_drop") != ["ALL"]:
+        problems.append("Envoy is not read_only with all capabilities dropped")
+    mounts = [m for m in proxy.get("volumes", []) if m.get("target") == "/etc/envoy/envoy.yaml"]
+    if not mounts or not mounts[0]["source"].endswith("/deploy/compose/envoy.yaml"):
+        problems.append("Envoy does not mount deploy/compose/envoy.yaml")
     return problems
 
 
@@ -478,13 +486,18 @@ def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[st
 def test_compose(
     combination: Combination, rendered: Callable[[Combination], Path], compose_command: list[str]
 ) -> None:
-    """`docker compose config` accepts the file; drain budget, read-only root, health check."""
+    """`docker compose config` accepts the file; drain budget, read-only root, health check;
+    Envoy in front, and it accepts its config."""
     project = rendered(combination)
     result = compose_config(compose_command, project / "deploy" / "compose" / "compose.yaml")
     assert result.returncode == 0, f"compose config:\n{result.stdout}"
     config = json.loads(result.stdout[result.stdout.index("{") :])
-    problems = compose_problems(config, answers_of(project))
+    answers = answers_of(project)
+    envoy = yaml.safe_load((project / "deploy/compose/envoy.yaml").read_text())
+    problems = compose_problems(config, answers) + envoy_problems(envoy, answers)
     assert not problems, "\n".join(problems)
+    result = envoy_validate(project / "deploy" / "compose" / "envoy.yaml")
+    assert result.returncode == 0, f"envoy --mode validate:\n{result.stdout}"
 
 
 # --- Negative controls: each validator rejects a rendered file with one mistake -----------------
@@ -915,7 +928,7 @@ def test_image_builds_runs_and_stops_cleanly(
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.status == 200
         compose = yaml.safe_load((project / "deploy/compose/compose.yaml").read_text())
-        (service,) = compose["services"].values()
+        service = compose["services"][answers["project_slug"]]
         exit_code = stop_exit_code(podman_env, name, int(seconds(service["stop_grace_period"])))
         assert exit_code == 0, podman(podman_env, "logs", name, check=False)[-4000:]
 
