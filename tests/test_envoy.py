@@ -1,0 +1,322 @@
+"""The shipped Envoy, running: the real binary with the generated envoy.yaml (moved to loopback,
+nothing else changed) in front of real service processes.
+
+- The edge: a 64 MiB request header, too many headers, and 300 slowloris connections are cut off
+  by Envoy (431, 431, 408). The service never sees them: it keeps answering and its memory stays
+  where it was.
+- Retries: a rolling restart of two replicas (SIGTERM, drain, exit, start again; then the other)
+  under continuous mixed load ends with zero failed requests, for every transport.
+- A replica that sheds its load (503 with Retry-After, RESOURCE_EXHAUSTED) costs the client
+  nothing while another replica has room: Envoy retries the request there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import selectors
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from combinations import Combination, default
+from support import tool_env
+from test_deployment import (
+    answers_of,
+    by_deployment,
+    free_port,
+    loopback_envoy_config,
+    process,
+    request_through,
+    tool,
+    wait_until,
+)
+
+TESTS = Path(__file__).parent
+FRONTED = [c for c in by_deployment("kubernetes") if c["executor"] == default("executor")]
+MIB = 1024 * 1024
+
+
+# --- Envoy in front of N replicas on loopback ----------------------------------------------------
+
+
+def envoy_config(project: Path, ports: dict[str, int], replica_ports: list[int]) -> dict[str, Any]:
+    """The generated envoy.yaml on loopback, its service cluster listing every replica."""
+    config = yaml.safe_load((project / "deploy/kubernetes/envoy.yaml").read_text())
+    local = loopback_envoy_config(config, {**ports, "service": replica_ports[0]})
+    (cluster,) = [c for c in local["static_resources"]["clusters"] if c.get("health_checks")]
+    (group,) = cluster["load_assignment"]["endpoints"]
+    (template,) = group["lb_endpoints"]
+    group["lb_endpoints"] = []
+    for port in replica_ports:
+        endpoint = copy.deepcopy(template)
+        endpoint["endpoint"]["address"]["socket_address"]["port_value"] = port
+        group["lb_endpoints"].append(endpoint)
+    return local
+
+
+def admin_get(admin_port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}{path}", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@dataclass
+class Front:
+    """Envoy on loopback in front of replicas of the service, each of which can be restarted."""
+
+    project: Path
+    venv: Path
+    workdir: Path
+    env: dict[str, str]
+    stack: ExitStack
+    ports: dict[str, int] = field(default_factory=dict)
+    replica_ports: list[int] = field(default_factory=list)
+    replicas: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def answers(self) -> dict[str, Any]:
+        return answers_of(self.project)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports['ingress']}"
+
+    @property
+    def cluster(self) -> str:
+        return str(self.answers["project_slug"])
+
+    def start(self, index: int, **settings: str) -> None:
+        prefix = self.answers["package_name"].upper() + "_"
+        env = {
+            **self.env,
+            f"{prefix}HOST": "127.0.0.1",
+            f"{prefix}PORT": str(self.replica_ports[index]),
+            f"{prefix}METRICS_PORT": str(free_port()),
+            f"{prefix}OFFLOAD_WORKERS": "1",
+            **{prefix + name.upper(): value for name, value in settings.items()},
+        }
+        log = self.workdir / f"replica-{index}.{len(self.logs)}.log"
+        self.logs.append(log)
+        command = [str(self.venv / "bin" / "python"), "-m", self.answers["package_name"]]
+        child = self.stack.enter_context(process(command, log, cwd=self.project, env=env))
+        self.replicas[index] = child
+
+    def health(self) -> dict[int, str]:
+        """Each replica port's health flags in Envoy ('' until Envoy has checked it)."""
+        try:
+            text = admin_get(self.ports["admin"], "/clusters")
+        except OSError:
+            return {}
+        found = {}
+        for line in text.splitlines():
+            parts = line.split("::")
+            if parts[0] == self.cluster and len(parts) == 4 and parts[2] == "health_flags":
+                found[int(parts[1].rsplit(":", 1)[1])] = parts[3]
+        return found
+
+    def wait_healthy(self, index: int) -> None:
+        port = self.replica_ports[index]
+        wait_until(
+            lambda: self.health().get(port) == "healthy", f"replica {index} healthy", self.logs
+        )
+
+    def stats(self) -> dict[str, int]:
+        counters = {}
+        for line in admin_get(self.ports["admin"], "/stats").splitlines():
+            name, _, value = line.partition(": ")
+            if value.isdigit():
+                counters[name] = int(value)
+        return counters
+
+
+@contextmanager
+def front(
+    project: Path, venv: Path, cache: Path, workdir: Path, replicas: int, **settings: str
+) -> Iterator[Front]:
+    """Envoy and ``replicas`` healthy service processes, all on loopback."""
+    with ExitStack() as stack:
+        env = tool_env(venv, mypy_cache=cache)
+        proxy = Front(project, venv, workdir, env, stack)
+        proxy.ports = {name: free_port() for name in ("admin", "ingress", "ops")}
+        proxy.replica_ports = [free_port() for _ in range(replicas)]
+        proxy.replicas = [None] * replicas  # type: ignore[list-item]
+        config = workdir / "envoy.yaml"
+        config.write_text(yaml.safe_dump(envoy_config(project, proxy.ports, proxy.replica_ports)))
+        for index in range(replicas):
+            proxy.start(index, **settings)
+        log = workdir / "envoy.log"
+        proxy.logs.append(log)
+        envoy = [tool("envoy"), "-c", str(config), "--disable-hot-restart", "--concurrency", "1"]
+        stack.enter_context(process(envoy, log, cwd=workdir))
+        for index in range(replicas):
+            proxy.wait_healthy(index)
+        yield proxy
+
+
+# --- The edge: oversized headers and slow senders never reach the service -----------------------
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def answer_to(address: str, head: bytes, body_of_header: int = 0) -> bytes:
+    """Send ``head`` (and then ``body_of_header`` bytes continuing its last header) and return
+    what the server answered. Sending stops when the server closes the connection; the answer
+    is read all along by another thread, so it is not lost to the reset that follows."""
+    host, port = address.rsplit(":", 1)
+    answer = bytearray()
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+
+        def read() -> None:
+            try:
+                while chunk := connection.recv(65536):
+                    answer.extend(chunk)
+            except OSError:
+                pass
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            connection.sendall(head)
+            block = b"a" * MIB
+            for _ in range(body_of_header // MIB):
+                connection.sendall(block)
+            connection.sendall(b"\r\n\r\n")
+        except OSError:
+            pass  # closed by Envoy while the header was still coming: what a limit does
+        reader.join(timeout=30)
+    return bytes(answer)
+
+
+def slowloris(address: str, connections: int, deadline: float) -> list[bytes]:
+    """``connections`` clients that send their headers one byte at a time and never finish.
+    Returns what each got back once the server closed it; fails if one is still open at the
+    deadline."""
+    host, port = address.rsplit(":", 1)
+    stream = b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n" + b"X-Slow: still coming\r\n" * 10_000
+    selector = selectors.DefaultSelector()
+    sent: dict[socket.socket, int] = {}
+    answers: dict[socket.socket, bytearray] = {}
+    for _ in range(connections):
+        client = socket.create_connection((host, int(port)), timeout=5)
+        client.setblocking(False)
+        selector.register(client, selectors.EVENT_READ)
+        sent[client], answers[client] = 0, bytearray()
+    closed: list[bytes] = []
+    give_up = time.monotonic() + deadline
+    try:
+        while sent and time.monotonic() < give_up:
+            for client in list(sent):
+                try:
+                    client.send(stream[sent[client] : sent[client] + 1])
+                    sent[client] += 1
+                except OSError:
+                    pass  # closed: the read below collects it
+            # The pause between two bytes, during which Envoy's answers are read.
+            for key, _ in selector.select(timeout=0.2):
+                client = key.fileobj
+                assert isinstance(client, socket.socket)
+                try:
+                    chunk = client.recv(65536)
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    answers[client].extend(chunk)
+                    continue
+                selector.unregister(client)
+                client.close()
+                closed.append(bytes(answers[client]))
+                del sent[client]
+        assert not sent, f"{len(sent)} slow connections still open after {deadline} s"
+    finally:
+        for client in sent:
+            client.close()
+        selector.close()
+    return closed
+
+
+@contextmanager
+def calling_meanwhile(call: Callable[[], None]) -> Iterator[list[str]]:
+    """Call ``call`` over and over in a thread while the block runs; yields its failures."""
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                call()
+            except Exception as error:  # each failure is reported by the test
+                failures.append(f"{type(error).__name__}: {error}")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("combination", FRONTED, ids=str)
+def test_envoy_cuts_off_oversized_headers_and_slow_senders(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """A 64 MiB header and a request with 200 headers get 431 from Envoy; 300 connections that
+    send their headers byte by byte get 408 once Envoy's header timeout passes. Meanwhile the
+    service answers every call, receives none of these requests, and its memory stays flat."""
+    project = prepared(combination)
+    with front(project, shared_venv, worker_cache, tmp_path, replicas=1) as proxy:
+        answers, env = proxy.answers, proxy.env
+        upstream = f"cluster.{proxy.cluster}.upstream_rq_total"
+
+        def call() -> None:
+            request_through(proxy.address, project, answers, env)
+
+        call()
+        memory_before = resident_mib(proxy.replicas[0].pid)
+        requests_before = proxy.stats()[upstream]
+
+        huge = answer_to(
+            proxy.address, b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\nX-Huge: ", 64 * MIB
+        )
+        assert huge.startswith(b"HTTP/1.1 431"), huge[:200]
+        many = b"".join(f"X-Header-{n}: {n}\r\n".encode() for n in range(200))
+        crowded = answer_to(proxy.address, b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n" + many)
+        assert crowded.startswith(b"HTTP/1.1 431"), crowded[:200]
+        assert proxy.stats()[upstream] == requests_before, "an oversized request reached it"
+
+        with calling_meanwhile(call) as failures:
+            closed = slowloris(proxy.address, connections=300, deadline=90)
+        assert not failures, "the service stopped answering during the attack:\n" + "\n".join(
+            failures[:10]
+        )
+        assert len(closed) == 300
+        assert all(answer.startswith(b"HTTP/1.1 408") for answer in closed), {
+            answer[:40] for answer in closed
+        }
+        assert proxy.stats()["http.ingress.downstream_rq_header_timeout"] >= 300
+        memory_after = resident_mib(proxy.replicas[0].pid)
+        assert memory_after - memory_before < 16, (
+            f"the service grew from {memory_before:.0f} to {memory_after:.0f} MiB"
+        )
+        call()
