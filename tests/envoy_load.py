@@ -2,9 +2,10 @@
 
 Run with the rendered project's environment and ``PYTHONPATH=src`` (the gRPC stubs):
 
-    python envoy_load.py TRANSPORT PACKAGE ADDRESS STOP_FILE REPORT_FILE
+    python envoy_load.py TRANSPORT PACKAGE ADDRESS STOP_FILE REPORT_FILE [LIGHT OFFLOADED]
 
-Each thread sends one kind of call in a loop, light (ping) or offloaded (validation), until
+LIGHT and OFFLOADED threads (default: 2 each) each send one kind of call in a loop, light
+(ping) or offloaded (validation), until
 STOP_FILE exists, it has sent MAX_CALLS, or MAX_SECONDS have passed. Every call is counted as
 ok or failed; the report (JSON) gives the counts per kind and the first failures. A progress
 line goes to stdout after each hundred calls.
@@ -22,10 +23,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-THREADS = {"light": 2, "offloaded": 2}
 MAX_CALLS = 20_000
 MAX_SECONDS = 180.0
-DOCUMENT = {"name": "Ada", "email": "ada@example.com", "note": "a " * 200}
+DOCUMENT = {"name": "Ada", "email": "ada@example.com", "notes": ["nothing to report"] * 50}
 
 
 def http_calls(address: str) -> dict[str, Callable[[], None]]:
@@ -79,7 +79,15 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def main(transport: str, package: str, address: str, stop_file: str, report_file: str) -> int:
+def main(
+    transport: str,
+    package: str,
+    address: str,
+    stop_file: str,
+    report_file: str,
+    light: str = "2",
+    offloaded: str = "2",
+) -> int:
     calls = http_calls(address) if transport == "fastapi" else grpc_calls(package, address)
     stop, deadline = Path(stop_file), time.monotonic() + MAX_SECONDS
     lock = threading.Lock()
@@ -108,7 +116,7 @@ def main(transport: str, package: str, address: str, stop_file: str, report_file
 
     threads = [
         threading.Thread(target=loop, args=(kind,), daemon=True)
-        for kind, number in THREADS.items()
+        for kind, number in {"light": int(light), "offloaded": int(offloaded)}.items()
         for _ in range(number)
     ]
     for thread in threads:

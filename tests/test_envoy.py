@@ -40,6 +40,7 @@ from test_deployment import (
     request_through,
     tool,
     wait_until,
+    walk,
 )
 
 TESTS = Path(__file__).parent
@@ -83,6 +84,7 @@ class Front:
     replica_ports: list[int] = field(default_factory=list)
     replicas: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    replica_logs: dict[int, Path] = field(default_factory=dict)
 
     @property
     def answers(self) -> dict[str, Any]:
@@ -108,6 +110,7 @@ class Front:
         }
         log = self.workdir / f"replica-{index}.{len(self.logs)}.log"
         self.logs.append(log)
+        self.replica_logs[index] = log
         command = [str(self.venv / "bin" / "python"), "-m", self.answers["package_name"]]
         child = self.stack.enter_context(process(command, log, cwd=self.project, env=env))
         self.replicas[index] = child
@@ -142,24 +145,31 @@ class Front:
 
 @contextmanager
 def front(
-    project: Path, venv: Path, cache: Path, workdir: Path, replicas: int, **settings: str
+    project: Path,
+    venv: Path,
+    cache: Path,
+    workdir: Path,
+    replicas: list[dict[str, str]],
+    change: Callable[[dict[str, Any]], None] = lambda config: None,
 ) -> Iterator[Front]:
-    """Envoy and ``replicas`` healthy service processes, all on loopback."""
+    """Envoy and healthy service processes, one per item of ``replicas`` (its settings), all on
+    loopback. ``change`` may alter the config, for negative controls."""
     with ExitStack() as stack:
         env = tool_env(venv, mypy_cache=cache)
         proxy = Front(project, venv, workdir, env, stack)
         proxy.ports = {name: free_port() for name in ("admin", "ingress", "ops")}
-        proxy.replica_ports = [free_port() for _ in range(replicas)]
-        proxy.replicas = [None] * replicas  # type: ignore[list-item]
-        config = workdir / "envoy.yaml"
-        config.write_text(yaml.safe_dump(envoy_config(project, proxy.ports, proxy.replica_ports)))
-        for index in range(replicas):
+        proxy.replica_ports = [free_port() for _ in replicas]
+        proxy.replicas = [None] * len(replicas)  # type: ignore[list-item]
+        config = envoy_config(project, proxy.ports, proxy.replica_ports)
+        change(config)
+        (workdir / "envoy.yaml").write_text(yaml.safe_dump(config))
+        for index, settings in enumerate(replicas):
             proxy.start(index, **settings)
         log = workdir / "envoy.log"
         proxy.logs.append(log)
-        envoy = [tool("envoy"), "-c", str(config), "--disable-hot-restart", "--concurrency", "1"]
+        envoy = [tool("envoy"), "-c", "envoy.yaml", "--disable-hot-restart", "--concurrency", "1"]
         stack.enter_context(process(envoy, log, cwd=workdir))
-        for index in range(replicas):
+        for index in range(len(replicas)):
             proxy.wait_healthy(index)
         yield proxy
 
@@ -285,7 +295,7 @@ def test_envoy_cuts_off_oversized_headers_and_slow_senders(
     send their headers byte by byte get 408 once Envoy's header timeout passes. Meanwhile the
     service answers every call, receives none of these requests, and its memory stays flat."""
     project = prepared(combination)
-    with front(project, shared_venv, worker_cache, tmp_path, replicas=1) as proxy:
+    with front(project, shared_venv, worker_cache, tmp_path, [{}]) as proxy:
         answers, env = proxy.answers, proxy.env
         upstream = f"cluster.{proxy.cluster}.upstream_rq_total"
 
@@ -320,3 +330,147 @@ def test_envoy_cuts_off_oversized_headers_and_slow_senders(
             f"the service grew from {memory_before:.0f} to {memory_after:.0f} MiB"
         )
         call()
+
+
+# --- Retries: a rolling restart and a shedding replica cost the clients nothing ------------------
+
+
+@contextmanager
+def mixed_load(
+    proxy: Front, workdir: Path, light: int = 2, offloaded: int = 2
+) -> Iterator[Callable[[], dict[str, Any]]]:
+    """tests/envoy_load.py running against the proxy: ``light`` and ``offloaded`` threads of
+    calls, bounded in count and time. Yields a function that stops it and returns its report."""
+    stop, report = workdir / "load.stop", workdir / "load.json"
+    log = workdir / "load.log"
+    proxy.logs.append(log)
+    command = [
+        str(proxy.venv / "bin" / "python"),
+        str(TESTS / "envoy_load.py"),
+        proxy.answers["transport"],
+        proxy.answers["package_name"],
+        proxy.address,
+        str(stop),
+        str(report),
+        str(light),
+        str(offloaded),
+    ]
+    with process(command, log, cwd=proxy.project, env=proxy.env) as load:
+
+        def finish() -> dict[str, Any]:
+            stop.touch()
+            assert load.wait(timeout=60) == 0, log.read_text()
+            result: dict[str, Any] = json.loads(report.read_text())
+            return result
+
+        wait_until(lambda: "sent 100" in log.read_text(), "the load to get going", proxy.logs)
+        yield finish
+
+
+def served_by(proxy: Front, index: int) -> int:
+    """Requests Envoy has had answered by replica ``index`` (successes, health checks aside)."""
+    port = proxy.replica_ports[index]
+    for line in admin_get(proxy.ports["admin"], "/clusters").splitlines():
+        if line.startswith(f"{proxy.cluster}::127.0.0.1:{port}::rq_success::"):
+            return int(line.rsplit("::", 1)[1])
+    return 0
+
+
+def restart(proxy: Front, index: int) -> None:
+    """SIGTERM replica ``index``, let it drain and exit, start it again, and wait until it is
+    back in rotation and serving."""
+    proxy.replicas[index].send_signal(signal.SIGTERM)
+    assert proxy.replicas[index].wait(timeout=120) == 0, proxy.replica_logs[index].read_text()
+    proxy.start(index)
+    proxy.wait_healthy(index)
+    served = served_by(proxy, index)
+    wait_until(
+        lambda: served_by(proxy, index) > served + 20,
+        f"replica {index} to serve again",
+        proxy.logs,
+    )
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("combination", FRONTED, ids=str)
+def test_rolling_restart_under_load_fails_no_request(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """Two replicas behind the shipped Envoy, under continuous light and offloaded calls: one is
+    SIGTERMed, drains, exits and is started again, then the other. No call fails."""
+    project = prepared(combination)
+    with (
+        front(project, shared_venv, worker_cache, tmp_path, [{}, {}]) as proxy,
+        mixed_load(proxy, tmp_path) as finish,
+    ):
+        for index in range(2):
+            restart(proxy, index)
+        report = finish()
+    counts = report["counts"]
+    assert all(kind["ok"] > 0 for kind in counts.values()), counts
+    failed = sum(kind["failed"] for kind in counts.values())
+    assert failed == 0, f"{failed} calls failed during the rolling restart: {counts}\n" + "\n".join(
+        report["failures"]
+    )
+
+
+def without_retries(config: dict[str, Any]) -> None:
+    for node in walk(config):
+        node.pop("retry_policy", None)
+
+
+def shed_and_retried(
+    project: Path, venv: Path, cache: Path, workdir: Path, change: Callable[[dict[str, Any]], None]
+) -> tuple[dict[str, Any], int]:
+    """Offloaded calls, four at a time, through Envoy to two replicas: one with no queue in
+    front of its single worker (it sheds a call whenever it has one running), one with room.
+    Returns the load's report and the number of retries Envoy made."""
+    tiny = {"offload_queue": "0"}
+    with front(project, venv, cache, workdir, [tiny, {}], change) as proxy:
+        retries = f"cluster.{proxy.cluster}.upstream_rq_retry"
+        with mixed_load(proxy, workdir, light=0, offloaded=4) as finish:
+            wait_until(
+                lambda: "sent 1000" in (workdir / "load.log").read_text(), "1000 calls", proxy.logs
+            )
+            report = finish()
+        return report, proxy.stats().get(retries, 0)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("combination", FRONTED, ids=str)
+def test_a_shed_call_is_retried_on_another_replica(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """A replica whose offload pool is full turns calls away (503 with Retry-After, or
+    RESOURCE_EXHAUSTED); Envoy retries each once on the other replica, and no call fails."""
+    project = prepared(combination)
+    report, retries = shed_and_retried(
+        project, shared_venv, worker_cache, tmp_path, lambda config: None
+    )
+    failed = report["counts"]["offloaded"]["failed"]
+    assert failed == 0, f"{failed} shed calls reached the client:\n" + "\n".join(report["failures"])
+    assert retries > 0, "no call was shed: the test did not load the small replica enough"
+
+
+def test_shed_calls_fail_without_the_retry_policy(
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """Negative control: the same load, with envoy.yaml's retry policies removed, lets shed
+    calls through to the client."""
+    project = prepared(FRONTED[0])
+    report, retries = shed_and_retried(
+        project, shared_venv, worker_cache, tmp_path, without_retries
+    )
+    assert retries == 0
+    assert report["counts"]["offloaded"]["failed"] > 0, report
