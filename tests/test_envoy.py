@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 from combinations import Combination, default
-from support import tool_env
+from support import run, tool_env
 from test_deployment import (
     answers_of,
     by_deployment,
@@ -282,6 +282,22 @@ def calling_meanwhile(call: Callable[[], None]) -> Iterator[list[str]]:
         thread.join(timeout=30)
 
 
+# A gRPC call with SIZE bytes of metadata; prints the status it ended with.
+METADATA_CALL = """
+import importlib, sys, grpc
+package, address, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+messages = importlib.import_module(f"{package}.v1.documents_pb2")
+stub = importlib.import_module(f"{package}.v1.documents_pb2_grpc").DocumentServiceStub(
+    grpc.insecure_channel(address)
+)
+try:
+    stub.Ping(messages.PingRequest(), timeout=10, metadata=[("x-huge", "a" * size)])
+    print("OK")
+except grpc.RpcError as error:
+    print(error.details(), error.code().name)
+"""
+
+
 @pytest.mark.matrix
 @pytest.mark.parametrize("combination", FRONTED, ids=str)
 def test_envoy_cuts_off_oversized_headers_and_slow_senders(
@@ -291,9 +307,10 @@ def test_envoy_cuts_off_oversized_headers_and_slow_senders(
     worker_cache: Path,
     tmp_path: Path,
 ) -> None:
-    """A 64 MiB header and a request with 200 headers get 431 from Envoy; 300 connections that
-    send their headers byte by byte get 408 once Envoy's header timeout passes. Meanwhile the
-    service answers every call, receives none of these requests, and its memory stays flat."""
+    """A 64 MiB header and a request with 200 headers get 431 from Envoy (a gRPC call with
+    64 KiB of metadata has its stream reset); 300 connections that send their headers byte by
+    byte get 408 once Envoy's header timeout passes. Meanwhile the service answers every call,
+    receives none of these requests, and its memory stays flat."""
     project = prepared(combination)
     with front(project, shared_venv, worker_cache, tmp_path, [{}]) as proxy:
         answers, env = proxy.answers, proxy.env
@@ -313,6 +330,11 @@ def test_envoy_cuts_off_oversized_headers_and_slow_senders(
         many = b"".join(f"X-Header-{n}: {n}\r\n".encode() for n in range(200))
         crowded = answer_to(proxy.address, b"GET /v1/ping HTTP/1.1\r\nHost: edge\r\n" + many)
         assert crowded.startswith(b"HTTP/1.1 431"), crowded[:200]
+        if answers["transport"] != "fastapi":
+            python = proxy.venv / "bin" / "python"
+            call_with_metadata = [python, "-c", METADATA_CALL, answers["package_name"]]
+            result = run([*call_with_metadata, proxy.address, str(64 * 1024)], cwd=project, env=env)
+            assert result.stdout.split()[-1] in {"INTERNAL", "UNAVAILABLE"}, result.stdout
         assert proxy.stats()[upstream] == requests_before, "an oversized request reached it"
 
         with calling_meanwhile(call) as failures:
