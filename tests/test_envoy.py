@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,25 @@ def front(
         yield proxy
 
 
+Launch = Callable[..., AbstractContextManager[Front]]
+
+
+@pytest.fixture
+def launch(
+    prepared: Callable[[Combination], Path], shared_venv: Path, worker_cache: Path, tmp_path: Path
+) -> Launch:
+    """``launch(combination, replicas, change)``: :func:`front` for a prepared combination."""
+
+    def start(
+        combination: Combination,
+        replicas: list[dict[str, str]],
+        change: Callable[[dict[str, Any]], None] = lambda config: None,
+    ) -> AbstractContextManager[Front]:
+        return front(prepared(combination), shared_venv, worker_cache, tmp_path, replicas, change)
+
+    return start
+
+
 # --- The edge: oversized headers and slow senders never reach the service -----------------------
 
 
@@ -301,18 +320,14 @@ except grpc.RpcError as error:
 @pytest.mark.matrix
 @pytest.mark.parametrize("combination", FRONTED, ids=str)
 def test_envoy_cuts_off_oversized_headers_and_slow_senders(
-    combination: Combination,
-    prepared: Callable[[Combination], Path],
-    shared_venv: Path,
-    worker_cache: Path,
-    tmp_path: Path,
+    combination: Combination, launch: Launch
 ) -> None:
     """A 64 MiB header and a request with 200 headers get 431 from Envoy (a gRPC call with
     64 KiB of metadata has its stream reset); 300 connections that send their headers byte by
     byte get 408 once Envoy's header timeout passes. Meanwhile the service answers every call,
     receives none of these requests, and its memory stays flat."""
-    project = prepared(combination)
-    with front(project, shared_venv, worker_cache, tmp_path, [{}]) as proxy:
+    with launch(combination, [{}]) as proxy:
+        project = proxy.project
         answers, env = proxy.answers, proxy.env
         upstream = f"cluster.{proxy.cluster}.upstream_rq_total"
 
@@ -359,12 +374,12 @@ def test_envoy_cuts_off_oversized_headers_and_slow_senders(
 
 @contextmanager
 def mixed_load(
-    proxy: Front, workdir: Path, light: int = 2, offloaded: int = 2
+    proxy: Front, light: int = 2, offloaded: int = 2
 ) -> Iterator[Callable[[], dict[str, Any]]]:
     """tests/envoy_load.py running against the proxy: ``light`` and ``offloaded`` threads of
     calls, bounded in count and time. Yields a function that stops it and returns its report."""
-    stop, report = workdir / "load.stop", workdir / "load.json"
-    log = workdir / "load.log"
+    stop, report = proxy.workdir / "load.stop", proxy.workdir / "load.json"
+    log = proxy.workdir / "load.log"
     proxy.logs.append(log)
     command = [
         str(proxy.venv / "bin" / "python"),
@@ -416,19 +431,11 @@ def restart(proxy: Front, index: int) -> None:
 @pytest.mark.matrix
 @pytest.mark.parametrize("combination", FRONTED, ids=str)
 def test_rolling_restart_under_load_fails_no_request(
-    combination: Combination,
-    prepared: Callable[[Combination], Path],
-    shared_venv: Path,
-    worker_cache: Path,
-    tmp_path: Path,
+    combination: Combination, launch: Launch
 ) -> None:
     """Two replicas behind the shipped Envoy, under continuous light and offloaded calls: one is
     SIGTERMed, drains, exits and is started again, then the other. No call fails."""
-    project = prepared(combination)
-    with (
-        front(project, shared_venv, worker_cache, tmp_path, [{}, {}]) as proxy,
-        mixed_load(proxy, tmp_path) as finish,
-    ):
+    with launch(combination, [{}, {}]) as proxy, mixed_load(proxy) as finish:
         for index in range(2):
             restart(proxy, index)
         report = finish()
@@ -446,17 +453,19 @@ def without_retries(config: dict[str, Any]) -> None:
 
 
 def shed_and_retried(
-    project: Path, venv: Path, cache: Path, workdir: Path, change: Callable[[dict[str, Any]], None]
+    launch: Launch, combination: Combination, change: Callable[[dict[str, Any]], None]
 ) -> tuple[dict[str, Any], int]:
     """Offloaded calls, four at a time, through Envoy to two replicas: one with no queue in
     front of its single worker (it sheds a call whenever it has one running), one with room.
     Returns the load's report and the number of retries Envoy made."""
     tiny = {"offload_queue": "0"}
-    with front(project, venv, cache, workdir, [tiny, {}], change) as proxy:
+    with launch(combination, [tiny, {}], change) as proxy:
         retries = f"cluster.{proxy.cluster}.upstream_rq_retry"
-        with mixed_load(proxy, workdir, light=0, offloaded=4) as finish:
+        with mixed_load(proxy, light=0, offloaded=4) as finish:
             wait_until(
-                lambda: "sent 1000" in (workdir / "load.log").read_text(), "1000 calls", proxy.logs
+                lambda: "sent 1000" in (proxy.workdir / "load.log").read_text(),
+                "1000 calls",
+                proxy.logs,
             )
             report = finish()
         return report, proxy.stats().get(retries, 0)
@@ -465,34 +474,19 @@ def shed_and_retried(
 @pytest.mark.matrix
 @pytest.mark.parametrize("combination", FRONTED, ids=str)
 def test_a_shed_call_is_retried_on_another_replica(
-    combination: Combination,
-    prepared: Callable[[Combination], Path],
-    shared_venv: Path,
-    worker_cache: Path,
-    tmp_path: Path,
+    combination: Combination, launch: Launch
 ) -> None:
     """A replica whose offload pool is full turns calls away (503 with Retry-After, or
     RESOURCE_EXHAUSTED); Envoy retries each once on the other replica, and no call fails."""
-    project = prepared(combination)
-    report, retries = shed_and_retried(
-        project, shared_venv, worker_cache, tmp_path, lambda config: None
-    )
+    report, retries = shed_and_retried(launch, combination, lambda config: None)
     failed = report["counts"]["offloaded"]["failed"]
     assert failed == 0, f"{failed} shed calls reached the client:\n" + "\n".join(report["failures"])
     assert retries > 0, "no call was shed: the test did not load the small replica enough"
 
 
-def test_shed_calls_fail_without_the_retry_policy(
-    prepared: Callable[[Combination], Path],
-    shared_venv: Path,
-    worker_cache: Path,
-    tmp_path: Path,
-) -> None:
+def test_shed_calls_fail_without_the_retry_policy(launch: Launch) -> None:
     """Negative control: the same load, with envoy.yaml's retry policies removed, lets shed
     calls through to the client."""
-    project = prepared(FRONTED[0])
-    report, retries = shed_and_retried(
-        project, shared_venv, worker_cache, tmp_path, without_retries
-    )
+    report, retries = shed_and_retried(launch, FRONTED[0], without_retries)
     assert retries == 0
     assert report["counts"]["offloaded"]["failed"] > 0, report
