@@ -321,6 +321,45 @@ def envoy_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[str]
         problems.append("the HTTP cluster is not health-checked on /readyz")
     if "previous_hosts" not in json.dumps(config):
         problems.append("retries may go back to the pod that just failed (no previous_hosts)")
+    problems += envoy_edge_problems(config)
+    return problems
+
+
+def envoy_heap_problems(config: dict[str, Any], memory_limit: str) -> list[str]:
+    """Envoy's overload manager must act on a heap size below its container's memory limit."""
+    units = {"Mi": 2**20, "Gi": 2**30, "m": 2**20, "g": 2**30}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", memory_limit).groups()  # type: ignore[union-attr]
+    limit = int(number) * units.get(unit, 1)
+    heaps = [m["max_heap_size_bytes"] for m in walk(config) if "max_heap_size_bytes" in m]
+    if not heaps or not 0 < heaps[0] < limit:
+        return [f"Envoy's heap limit {heaps} is not below its container's memory {memory_limit}"]
+    return []
+
+
+def envoy_edge_problems(config: dict[str, Any]) -> list[str]:
+    """What a client may send is bounded, and retries are single and budgeted."""
+    problems = []
+    (ingress,) = [
+        m
+        for m in walk(config["static_resources"]["listeners"])
+        if m.get("stat_prefix") == "ingress"
+    ]
+    if not ingress.get("max_request_headers_kb"):
+        problems.append("the size of request headers is left to Envoy's default")
+    if ingress.get("common_http_protocol_options", {}).get("max_headers_count") is None:
+        problems.append("the number of request headers is left to Envoy's default")
+    if not 0 < seconds(ingress.get("request_headers_timeout", "0s")) <= 60:
+        problems.append(
+            "slow senders may take forever over their headers (request_headers_timeout)"
+        )
+    for policy in [
+        m["retry_policy"] for m in walk(config["static_resources"]) if "retry_policy" in m
+    ]:
+        if policy.get("num_retries") != 1:
+            problems.append(f"a retry policy retries {policy.get('num_retries')} times, not once")
+    budgets = [m for m in walk(config["static_resources"]["clusters"]) if "retry_budget" in m]
+    if not budgets:
+        problems.append("retries have no retry_budget in the cluster's circuit breakers")
     return problems
 
 
@@ -342,6 +381,8 @@ def kubernetes_problems(project: Path, answers: dict[str, Any]) -> list[str]:
         )
     envoy = yaml.safe_load((project / "deploy/kubernetes/envoy.yaml").read_text())
     problems += envoy_problems(envoy, answers)
+    (proxy,) = resources["envoy-deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    problems += envoy_heap_problems(envoy, proxy["resources"]["limits"]["memory"])
     return problems
 
 
@@ -495,6 +536,10 @@ def test_compose(
     answers = answers_of(project)
     envoy = yaml.safe_load((project / "deploy/compose/envoy.yaml").read_text())
     problems = compose_problems(config, answers) + envoy_problems(envoy, answers)
+    proxy = yaml.safe_load((project / "deploy/compose/compose.yaml").read_text())["services"][
+        f"{answers['project_slug']}-envoy"
+    ]
+    problems += envoy_heap_problems(envoy, proxy["deploy"]["resources"]["limits"]["memory"])
     assert not problems, "\n".join(problems)
     result = envoy_validate(project / "deploy" / "compose" / "envoy.yaml")
     assert result.returncode == 0, f"envoy --mode validate:\n{result.stdout}"
@@ -587,6 +632,21 @@ def test_drain_budget_check_catches_slow_envoy_health_checks(
     del cluster["health_checks"][0]["no_traffic_interval"]
     problems = envoy_problems(slow, answers_of(project))
     assert any("drain delay" in p for p in problems) and any("no_traffic" in p for p in problems)
+
+
+def test_edge_check_catches_unbounded_headers_and_repeated_retries(
+    rendered: Callable[[Combination], Path],
+) -> None:
+    project = rendered(example("compose", "fastapi"))
+    config = yaml.safe_load((project / "deploy/compose/envoy.yaml").read_text())
+    for node in walk(config):
+        for key in ("request_headers_timeout", "max_request_headers_kb", "retry_budget"):
+            node.pop(key, None)
+        if "retry_policy" in node:
+            node["retry_policy"]["num_retries"] = 3
+    problems = "\n".join(envoy_edge_problems(config))
+    for expected in ("size of request headers", "slow senders", "not once", "retry_budget"):
+        assert expected in problems, problems
 
 
 def test_envoy_rejects_an_unknown_field(mutable: Callable[[Combination], Path]) -> None:
