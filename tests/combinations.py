@@ -1,9 +1,9 @@
 """The answers the template is tested with, read from copier.yml.
 
-Every question with ``choices`` (except ``python_version``, which is covered by the interpreters
-on the machine) is an axis of the matrix, so a new choice, or a new choice question, is tested
-without editing the tests. ``python tests/combinations.py`` prints the combination ids as JSON:
-the GitHub workflow builds its job matrix from that.
+Every question with ``choices`` (except those in ``NOT_AXES``) is an axis of the matrix, so a
+new choice, or a new choice question, is tested without editing the tests.
+``python tests/combinations.py`` prints the combination ids as JSON: the GitHub workflow builds
+its job matrix from that.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 COPIER_YML = REPO / "copier.yml"
 
 # Choice questions that are not axes: each Python version is exercised by its own full
-# combination instead (tests/test_lockfile.py), since the machine may not have all of them.
-NOT_AXES = frozenset({"python_version"})
+# combination instead (tests/test_lockfile.py), since the machine may not have all of them; a
+# license changes only LICENSE and one pyproject.toml line (tests/test_project_workflow.py).
+NOT_AXES = frozenset({"python_version", "license"})
 
 
 @cache

@@ -56,16 +56,7 @@ def run(
     including servers a hung test suite started; the output then ends with a "[killed: ...]" line.
     """
     args = [str(part) for part in command]
-    with subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    ) as process:
+    with spawn(args, cwd=cwd, env=env) as process:
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -78,6 +69,25 @@ def run(
             f"`{' '.join(args)}` exited {result.returncode} in {cwd}:\n{tail(result.stdout)}"
         )
     return result
+
+
+def spawn(
+    command: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start a command in a process group of its own, stdout and stderr merged into one pipe."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def tail(text: str, lines: int = 80) -> str:
@@ -309,7 +319,10 @@ def environment_for(requirements: Sequence[str], python: str) -> Path:
         run([uv(), "venv", "--quiet", "--python", python, venv])
         listing = CACHE / f"env-{key}.txt"
         listing.write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        run([uv(), "pip", "install", "--quiet", "--python", venv / "bin" / "python", "-r", listing])
+        # The lowest version each range allows: what pyproject.toml promises to work with.
+        lowest = ["--resolution", "lowest-direct"]
+        target = ["--python", venv / "bin" / "python"]
+        run([uv(), "pip", "install", "--quiet", *lowest, *target, "-r", listing])
 
     once(CACHE / f"env-{key}.done", build)
     return venv

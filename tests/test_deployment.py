@@ -18,8 +18,8 @@ Each validator also gets a negative control: a rendered file with one deliberate
 be rejected, so a validator that silently checks nothing fails the suite.
 
 Two checks run the real thing: the generated envoy.yaml in front of the service on loopback
-(Envoy must notice a draining pod before it stops), and, where podman is installed
-(scripts/container-runtime.sh), the image built, run and stopped (exit code 0 after SIGTERM).
+(Envoy must notice a draining pod before it stops), and the image built, run and stopped (exit
+code 0 after SIGTERM) with podman, which scripts/container-runtime.sh installs where it can.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import botocore.session
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -97,7 +98,16 @@ def botocore_problems(task_definition: dict[str, Any]) -> list[str]:
     return report.generate_report().splitlines() if report.has_errors() else []
 
 
+# A custom resource whose content is checked elsewhere: tests/test_stall_alerts.py runs promtool
+# on the PrometheusRule's groups.
+PROMTOOL_CHECKED_KINDS = frozenset({"PrometheusRule"})
+
+
 def kubernetes_schema_problems(document: dict[str, Any]) -> list[str]:
+    if document.get("kind") in PROMTOOL_CHECKED_KINDS:
+        return []
+    if document.get("apiVersion") in CUSTOM_RESOURCE_SCHEMAS:
+        return custom_resource_problems(document)
     try:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
@@ -873,7 +883,7 @@ def test_drain_order_check_catches_a_missing_drain_delay(
     assert not observe_drain(project, shared_venv, worker_cache, tmp_path, drain_delay="0")
 
 
-# --- The image, built and run with podman (where podman is installed) ----------------------------
+# --- The image, built and run with podman (installed by scripts/container-runtime.sh) -------------
 
 
 PODMAN_LOCK = CACHE.parent / "podman" / "tests.lock"
@@ -886,10 +896,11 @@ def podman_env() -> Iterator[dict[str, str]]:
     Its storage is the project's own (build/podman/), so the images that earlier runs left
     behind are pruned at the end.
     """
-    if not shutil.which("podman"):
+    # The script installs podman where it can (root and apt-get): then a failure is a failure.
+    if not shutil.which("podman") and (os.geteuid() != 0 or not shutil.which("apt-get")):
         pytest.skip(
-            "podman is not installed, so the image is not built and run here; "
-            "scripts/container-runtime.sh installs it (needs root and apt)"
+            "podman is not installed and this user cannot install it (needs root and apt-get): "
+            "install podman, or run scripts/container-runtime.sh as root"
         )
     output = run(["bash", REPO / "scripts" / "container-runtime.sh"], timeout=900).stdout
     settings = dict(re.findall(r"(\w+)='([^']*)'", output))
@@ -1015,3 +1026,207 @@ def test_shell_form_entrypoint_is_killed_instead_of_stopping(
             timeout=90,
         )
         assert stop_exit_code(podman_env, name, 3) == 137
+
+
+# --- Scale-out: KEDA's ScaledObject (kubernetes), Application Auto Scaling (ecs_fargate) --------
+
+# Custom resources kubernetes-validate has no schema for: their CRD's own openAPIV3Schema.
+CUSTOM_RESOURCE_SCHEMAS = {
+    "keda.sh/v1alpha1": REPO / "tests" / "data" / "keda-scaledobject-v2.20.2.schema.json",
+}
+
+
+def strict(schema: object) -> object:
+    """The schema with unknown fields rejected wherever it lists the known ones.
+
+    A CRD schema leaves ``additionalProperties`` out, and the API server's strict field
+    validation (kubectl's default) rejects unknown fields anyway; this makes jsonschema do the
+    same. ``metadata`` lists no properties, so it stays open.
+    """
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    tightened = {key: strict(value) for key, value in schema.items()}
+    if "properties" in tightened and "additionalProperties" not in tightened:
+        tightened["additionalProperties"] = False
+    return tightened
+
+
+@cache
+def custom_resource_validator(api_version: str) -> jsonschema.Draft7Validator:
+    schema = json.loads(CUSTOM_RESOURCE_SCHEMAS[api_version].read_text())
+    return jsonschema.Draft7Validator(strict(schema))
+
+
+def custom_resource_problems(document: dict[str, Any]) -> list[str]:
+    if document.get("kind") != "ScaledObject":
+        return [f"{document.get('kind')}: not a kind of {document['apiVersion']} this test knows"]
+    validator = custom_resource_validator(document["apiVersion"])
+    return [
+        f"ScaledObject {document['metadata'].get('name')}: "
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
+def hpa_keda_makes(scaled: dict[str, Any]) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler KEDA derives from a ScaledObject (behaviour passed as is)."""
+    spec = scaled["spec"]
+    metrics: list[dict[str, Any]] = []
+    for index, trigger in enumerate(spec["triggers"]):
+        if trigger["type"] == "cpu":
+            utilization = int(trigger["metadata"]["value"])
+            target = {"type": "Utilization", "averageUtilization": utilization}
+            metrics.append({"type": "Resource", "resource": {"name": "cpu", "target": target}})
+        else:
+            target = {"type": "AverageValue", "averageValue": trigger["metadata"]["threshold"]}
+            metric = {"name": f"s{index}-{trigger['type']}"}
+            metrics.append({"type": "External", "external": {"metric": metric, "target": target}})
+    hpa = spec["advanced"]["horizontalPodAutoscalerConfig"]
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": hpa["name"]},
+        "spec": {
+            "scaleTargetRef": spec["scaleTargetRef"],
+            "minReplicas": spec["minReplicaCount"],
+            "maxReplicas": spec["maxReplicaCount"],
+            "metrics": metrics,
+            "behavior": hpa["behavior"],
+        },
+    }
+
+
+def autoscaling_problems(project: Path, answers: dict[str, Any]) -> list[str]:
+    resources = manifests(project)
+    scaled = resources["scaledobject.yaml"]
+    deployment = resources["deployment.yaml"]
+    problems = kubernetes_schema_problems(scaled)
+    problems += kubernetes_schema_problems(hpa_keda_makes(scaled))
+    spec = scaled["spec"]
+    target = spec["scaleTargetRef"]
+    if (target.get("kind"), target["name"]) != ("Deployment", deployment["metadata"]["name"]):
+        problems.append(f"the ScaledObject scales {target}, not the service's Deployment")
+    if "replicas" in deployment["spec"]:
+        problems.append("deployment.yaml sets replicas: every apply would undo the autoscaler")
+    unavailable = resources["pdb.yaml"]["spec"]["maxUnavailable"]
+    if not unavailable < spec["minReplicaCount"] <= spec["maxReplicaCount"]:
+        problems.append(
+            f"minReplicaCount {spec['minReplicaCount']} leaves no pod serving while the budget "
+            f"lets {unavailable} go (or exceeds maxReplicaCount)"
+        )
+    triggers = {trigger["type"]: trigger for trigger in spec["triggers"]}
+    if set(triggers) != {"cpu", "prometheus"}:
+        problems.append(f"triggers {sorted(triggers)}: expected cpu and prometheus")
+        return problems
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    if triggers["cpu"]["metadata"].get("containerName") != container["name"]:
+        problems.append("the cpu trigger does not name the service's container")
+    if "cpu" not in container["resources"]["requests"]:
+        problems.append("a CPU utilisation target needs a CPU request")
+    query = triggers["prometheus"]["metadata"]["query"]
+    if not {"offload_in_flight", "offload_queued"} <= set(re.findall(r"offload_\w+", query)):
+        problems.append(f"the prometheus trigger does not sum offload demand: {query}")
+    slug = answers["project_slug"]
+    for pattern in re.findall(r'pod=~"([^"]+)"', query):
+        # PromQL matches a regex against the whole label value.
+        if not re.fullmatch(pattern, f"{slug}-7d9c6b5f4-x2kqz"):
+            problems.append(f"{pattern} does not match the service's pods")
+        if re.fullmatch(pattern, f"{slug}-envoy-6c8f9b7d5-q7w2n"):
+            problems.append(f"{pattern} also matches the Envoy pods")
+    workers = float(env_of(container)[f"{answers['package_name'].upper()}_OFFLOAD_WORKERS"])
+    threshold = float(triggers["prometheus"]["metadata"]["threshold"])
+    if not 0 < threshold <= workers:
+        problems.append(f"offload threshold {threshold} per pod is outside (0, {workers} workers]")
+    return problems
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("combination", by_deployment("kubernetes"), ids=str)
+def test_kubernetes_autoscaling(
+    combination: Combination, rendered: Callable[[Combination], Path]
+) -> None:
+    """KEDA's CRD schema, the HPA it makes (strict 1.30), and agreement with Deployment and PDB."""
+    project = rendered(combination)
+    problems = autoscaling_problems(project, answers_of(project))
+    assert not problems, "\n".join(problems)
+
+
+def test_scaled_object_schema_rejects_mistakes(rendered: Callable[[Combination], Path]) -> None:
+    scaled = manifests(rendered(example("kubernetes")))["scaledobject.yaml"]
+    assert not custom_resource_problems(scaled)
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["minReplicas"] = misspelt["spec"].pop("minReplicaCount")
+    problems = custom_resource_problems(misspelt)
+    assert any("minReplicas" in problem for problem in problems), problems
+    unquoted = copy.deepcopy(scaled)
+    unquoted["spec"]["triggers"][1]["metadata"]["threshold"] = 1.5  # metadata is strings only
+    problems = custom_resource_problems(unquoted)
+    assert any("threshold" in problem for problem in problems), problems
+
+
+def test_autoscaling_check_catches_a_fixed_replica_count(
+    rendered: Callable[[Combination], Path], tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(rendered(example("kubernetes")), project)
+    deployment = project / "deploy" / "kubernetes" / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("spec:\n", "spec:\n  replicas: 2\n", 1))
+    problems = autoscaling_problems(project, answers_of(project))
+    assert any("replicas" in problem for problem in problems), problems
+
+
+def ecs_autoscaling_problems(template: dict[str, Any]) -> list[str]:
+    resources = template["Resources"]
+    targets = [r for r in resources.values() if r["Type"].endswith("::ScalableTarget")]
+    if len(targets) != 1:
+        return [f"expected one ScalableTarget, found {len(targets)}"]
+    (target,) = targets
+    problems = []
+    if target["Properties"]["ScalableDimension"] != "ecs:service:DesiredCount":
+        problems.append("the scalable target is not the service's desired count")
+    if "${Service.Name}" not in json.dumps(target["Properties"]["ResourceId"]):
+        problems.append("the scalable target does not address the template's Service")
+    policies = {
+        name: resource["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+    }
+    kinds = {
+        config.get("PredefinedMetricSpecification", {}).get("PredefinedMetricType")
+        or "+".join(
+            m["MetricStat"]["Metric"]["MetricName"]
+            for m in config["CustomizedMetricSpecification"]["Metrics"]
+            if "MetricStat" in m
+        )
+        for config in policies.values()
+    }
+    expected = {"ECSServiceAverageCPUUtilization", "offload_in_flight+offload_queued"}
+    if kinds != expected:
+        problems.append(f"target tracking on {sorted(kinds)}, expected {sorted(expected)}")
+    return problems
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("combination", by_deployment("ecs_fargate"), ids=str)
+def test_ecs_fargate_autoscaling(
+    combination: Combination, rendered: Callable[[Combination], Path]
+) -> None:
+    """Target tracking on CPU and on offload demand (cfn-lint runs in test_ecs_fargate)."""
+    project = rendered(combination)
+    template_path = project / "deploy" / "ecs_fargate" / "cloudformation.yaml"
+    (template,) = load_yaml_documents(template_path.read_text())
+    problems = ecs_autoscaling_problems(template)
+    assert not problems, "\n".join(problems)
+
+
+def test_cfn_lint_rejects_a_broken_scaling_policy(mutable: Callable[[Combination], Path]) -> None:
+    template = mutable(example("ecs_fargate")) / "deploy" / "ecs_fargate" / "cloudformation.yaml"
+    replace_once(
+        template,
+        "PredefinedMetricType: ECSServiceAverageCPUUtilization",
+        "PredefinedMetricType: ECSServiceAverageCPUUtilisation",
+    )
+    findings = cfn_lint(template)
+    assert any("ECSServiceAverageCPUUtilisation" in finding for finding in findings), findings

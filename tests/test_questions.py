@@ -11,9 +11,11 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pexpect
+import pyte
 import pytest
 import yaml
 from combinations import REPO, asked_questions, choice_values, default
@@ -58,44 +60,44 @@ REFUSALS = [
     ),
     pytest.param(
         {"project_name": "Logging"},
-        ["package name 'logging' would shadow"],
+        ["question 'package_name'", "'logging' would shadow"],
         ["logging_service"],
         id="project_name-derives-a-shadowing-package",
     ),
     pytest.param(
         {"project_slug": "My Service"},
-        ["project slug 'My Service' is not allowed"],
-        ["lowercase letters a-z, digits and single dashes"],
+        ["question 'project_slug'", "'My Service' is not allowed"],
+        ["a-z, 0-9 and single dashes"],
         id="project_slug-space",
     ),
     pytest.param(
         {"project_slug": "my--service"},
-        ["project slug 'my--service' is not allowed"],
+        ["'my--service' is not allowed"],
         ["single dashes"],
         id="project_slug-double-dash",
     ),
     pytest.param(
         {"package_name": "my-service"},
-        ["package name 'my-service' is not allowed"],
-        ["lowercase letters a-z, digits and underscores"],
+        ["'my-service' is not allowed"],
+        ["a-z, 0-9 and _"],
         id="package_name-dash",
     ),
     pytest.param(
         {"package_name": "my service"},
-        ["package name 'my service' is not allowed"],
+        ["'my service' is not allowed"],
         ["starting with a letter"],
         id="package_name-space",
     ),
     pytest.param(
         {"package_name": "café"},
-        ["package name 'café' is not allowed"],
-        ["letters a-z"],
+        ["'café' is not allowed"],
+        ["a-z"],
         id="package_name-unicode",
     ),
     pytest.param(
         {"project_slug": "s" * 58},
         ["is 58 characters long"],
-        ["at most 57", "limited to 63"],
+        ["at most 57"],
         id="project_slug-too-long",
     ),
     pytest.param(
@@ -106,7 +108,7 @@ REFUSALS = [
     ),
     pytest.param(
         {"package_name": "2fast"},
-        ["package name '2fast' is not allowed"],
+        ["'2fast' is not allowed"],
         ["starting with a letter"],
         id="package_name-digit-first",
     ),
@@ -125,7 +127,7 @@ REFUSALS = [
     *[
         pytest.param(
             {"package_name": module},
-            [f"package name {module!r} would shadow the module"],
+            [f"{module!r} would shadow the module"],
             [f"{module}_service"],
             id=f"package_name-shadows-{module}",
         )
@@ -145,21 +147,21 @@ REFUSALS = [
     ),
     pytest.param(
         {"author_email": "jane"},
-        ["e-mail address 'jane' is not valid"],
+        ["'jane' is not an e-mail address"],
         ["jane@example.com"],
         id="author_email-no-at",
     ),
     pytest.param(
         {"author_email": "jane@example"},
-        ["e-mail address 'jane@example' is not valid"],
+        ["'jane@example' is not an e-mail address"],
         ["jane@example.com"],
         id="author_email-no-domain",
     ),
     pytest.param(
-        {"port": "80"}, ["port 80 is out of range"], ["1024 to 65535"], id="port-privileged"
+        {"port": "80"}, ["Port 80 is out of range"], ["1024 to 65535"], id="port-privileged"
     ),
     pytest.param(
-        {"port": "65536"}, ["port 65536 is out of range"], ["1024 to 65535"], id="port-too-big"
+        {"port": "65536"}, ["Port 65536 is out of range"], ["1024 to 65535"], id="port-too-big"
     ),
     pytest.param(
         {"port": "http"},
@@ -169,67 +171,67 @@ REFUSALS = [
     ),
     pytest.param(
         {"transport": "grpc", "port": "50051", "metrics_port": "50051"},
-        ["port 50051 is already the service port"],
-        ["must differ"],
+        ["Port 50051 is the service port"],
+        ["use another one"],
         id="metrics_port-same",
     ),
     pytest.param(
         {"transport": "grpc_aio", "metrics_port": "443"},
-        ["port 443 is out of range"],
+        ["Port 443 is out of range"],
         ["1024 to 65535"],
         id="metrics_port-privileged",
     ),
     pytest.param(
         {"stall_threshold_ms": "5"},
-        ["stall threshold 5 is out of range"],
+        ["question 'stall_threshold_ms'", "5 is out of range"],
         ["10 to 60000 milliseconds"],
         id="stall_threshold_ms-too-small",
     ),
     pytest.param(
         {"stall_threshold_ms": "600000"},
-        ["stall threshold 600000 is out of range"],
+        ["600000 is out of range"],
         ["10 to 60000 milliseconds"],
         id="stall_threshold_ms-too-big",
     ),
     pytest.param(
         {"deployment": "compose", "drain_delay_seconds": "-1"},
-        ["drain delay -1 is out of range"],
+        ["question 'drain_delay_seconds'", "-1 is out of range"],
         ["3 to 300 seconds"],
         id="drain_delay_seconds-negative",
     ),
     pytest.param(
         {"deployment": "compose", "drain_delay_seconds": "301"},
-        ["drain delay 301 is out of range"],
+        ["301 is out of range"],
         ["3 to 300 seconds", "Envoy"],
         id="drain_delay_seconds-too-big",
     ),
     pytest.param(
         {"deployment": "kubernetes", "drain_delay_seconds": "2"},
-        ["drain delay 2 is out of range"],
+        ["2 is out of range"],
         ["3 to 300 seconds", "Envoy"],
         id="drain_delay_seconds-shorter-than-envoy-notices",
     ),
     pytest.param(
         {"deployment": "ecs_fargate", "drain_delay_seconds": "111"},
-        ["drain delay 111 is out of range"],
+        ["111 is out of range"],
         ["0 to 110 seconds", "120 s"],
         id="drain_delay_seconds-past-fargate-stop-timeout",
     ),
     pytest.param(
         {"deployment": "ecs_fargate", "drain_delay_seconds": "5", "shutdown_grace_seconds": "111"},
-        ["shutdown grace period 111 is out of range"],
+        ["question 'shutdown_grace_seconds'", "111 is out of range"],
         ["1 to 110 seconds", "<= 115 s"],
         id="shutdown_grace_seconds-past-fargate-stop-timeout",
     ),
     pytest.param(
         {"shutdown_grace_seconds": "0"},
-        ["shutdown grace period 0 is out of range"],
+        ["0 is out of range"],
         ["1 to 600 seconds"],
         id="shutdown_grace_seconds-zero",
     ),
     pytest.param(
         {"shutdown_grace_seconds": "601"},
-        ["shutdown grace period 601 is out of range"],
+        ["601 is out of range"],
         ["1 to 600 seconds"],
         id="shutdown_grace_seconds-too-big",
     ),
@@ -237,6 +239,7 @@ REFUSALS = [
     choice_case("executor", "fork"),
     choice_case("deployment", "heroku"),
     choice_case("python_version", "3.9"),
+    choice_case("license", "GPL"),
 ]
 
 
@@ -252,6 +255,9 @@ def test_bad_answer_is_refused_and_nothing_is_written(
         assert text in output, f"the message does not say {text!r}:\n{output}"
     assert "Nothing was generated." in output
     assert not destination.exists(), f"{destination} was created although {data} was refused"
+    # The same message is what the interactive prompt shows on one line of the terminal.
+    for message in re.findall(r"^Validation error for question '\w+': (.*)$", output, re.M):
+        assert len(message) <= names.MESSAGE_WIDTH, f"longer than one prompt line: {message!r}"
 
 
 def test_refusal_leaves_an_existing_directory_untouched(template: Path, tmp_path: Path) -> None:
@@ -315,40 +321,74 @@ def test_package_names_of_installed_modules_are_refused(shared_venv: Path) -> No
 
 # --- Interactively, in a real terminal ----------------------------------------------------------
 
+# An ordinary terminal: copier's help texts and refusals must fit it.
+ROWS, COLUMNS = 24, 80
+QMARK = "🎤 "  # copier's mark before a question, two columns wide
 
-def first_help_line(name: str) -> str:
-    return str(asked_questions()[name]["help"]).strip().splitlines()[0].strip()
+
+def help_lines(name: str) -> list[str]:
+    return [line.rstrip() for line in str(asked_questions()[name]["help"]).strip().splitlines()]
+
+
+def test_every_help_line_fits_the_terminal() -> None:
+    for name in asked_questions():
+        lines = help_lines(name)
+        widths = [len(QMARK) + 1 + len(lines[0]), *map(len, lines[1:])]
+        assert max(widths) <= COLUMNS, f"{name}: a help line is cut at {COLUMNS} columns"
 
 
 class Prompt:
-    """Drives copier's questions in a pseudo-terminal, the way a person answers them."""
+    """Drives copier's questions in an 80x24 pseudo-terminal, the way a person answers them.
+
+    Everything copier writes goes through a terminal emulator (pyte), so a check sees the
+    screen a person sees: a line longer than the terminal is cut there, not wrapped.
+    """
 
     CLEAR_LINE = "\x15"  # Ctrl-U: delete the pre-filled default
 
     def __init__(self, arguments: list[str], log: Path) -> None:
         env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", "NO_COLOR": "1"}
+        env["PYTHONWARNINGS"] = "ignore"  # copier warns that the template has uncommitted changes
         self.child = pexpect.spawn(
             arguments[0],
             arguments[1:],
             encoding="utf-8",
-            dimensions=(50, 250),
+            dimensions=(ROWS, COLUMNS),
             env=env,
             timeout=30,
         )
         self.child.logfile_read = log.open("w", encoding="utf-8")  # shown when a test fails
         self.log = log
+        self.screen = pyte.Screen(COLUMNS, ROWS)
+        self.stream = pyte.Stream(self.screen)
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    def sees(self, text: str, timeout: float = 30) -> None:
+        """Wait until ``text`` is on one line of the screen, whole."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines()):
+            if time.monotonic() > deadline:
+                screen = "\n".join(self.lines())
+                raise AssertionError(f"{text!r} is not on the screen:\n{screen}")
+            try:
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=0.2))
+            except pexpect.TIMEOUT:
+                continue
 
     def question(self, name: str) -> None:
-        self.child.expect(re.escape(first_help_line(name)))
+        """Wait for the question: each line of its help whole on the screen."""
+        lines = help_lines(name)
+        self.sees(QMARK + lines[0])
+        for line in lines[1:]:
+            self.sees(line)
 
     def accept_default(self) -> None:
         self.child.send("\r")
 
     def type(self, answer: str) -> None:
         self.child.send(self.CLEAR_LINE + answer + "\r")
-
-    def sees(self, text: str) -> None:
-        self.child.expect(re.escape(text))
 
     def finish(self) -> int:
         self.child.expect(pexpect.EOF, timeout=120)
@@ -359,6 +399,7 @@ class Prompt:
 def test_interactive_prompt_refuses_bad_answers_and_accepts_corrections(
     template: Path, tmp_path: Path
 ) -> None:
+    """At 80x24, each refusal is shown whole, on the line under the answer."""
     destination = tmp_path / "svc"
     prompt = Prompt(
         [
@@ -373,20 +414,45 @@ def test_interactive_prompt_refuses_bad_answers_and_accepts_corrections(
         ],
         tmp_path / "terminal.log",
     )
-    answers = {"package_name": "json_tools", "port": "8080", "author_email": "dev@example.com"}
+    answers = {
+        "package_name": "json_tools",
+        "author_email": "dev@example.com",
+        "port": "8080",
+        "stall_threshold_ms": "250",
+        "drain_delay_seconds": "4",
+        "shutdown_grace_seconds": "30",
+    }
+    envoy = "Envoy needs 3 s to notice"
     bad = {
-        "package_name": ("json", "would shadow the module"),
-        "author_email": ("dev at example", "is not valid"),
-        "port": ("80", "is out of range: use 1024 to 65535"),
+        "package_name": ["json", "p" * 31, "my service"],
+        "author_email": ["dev at example.com, or else dev@example.org"],
+        "port": ["http", "80"],
+        "stall_threshold_ms": ["5", "100ms"],
+        "drain_delay_seconds": ["2"],
+        "shutdown_grace_seconds": ["0"],
+    }
+    expected = {
+        "json": names.package_name_problem("json"),
+        "p" * 31: names.package_name_problem("p" * 31),
+        "my service": names.package_name_problem("my service"),
+        "dev at example.com, or else dev@example.org": names.email_problem(
+            "dev at example.com, or else dev@example.org"
+        ),
+        "http": "'http' is not a whole number.",
+        "80": names.port_problem("80"),
+        "5": names.range_problem("5", 10, 60000, "milliseconds"),
+        "100ms": "'100ms' is not a whole number.",
+        "2": names.range_problem("2", 3, 300, "seconds", envoy),
+        "0": names.range_problem("0", 1, 600, "seconds"),
     }
     # The default transport asks every unconditional question, in copier.yml's order.
     asked = [name for name, spec in asked_questions().items() if "when" not in spec]
     for name in asked:
         prompt.question(name)
-        if name in bad:
-            wrong, message = bad[name]
+        for wrong in bad.get(name, []):
             prompt.type(wrong)
-            prompt.sees(message)
+            assert len(expected[wrong]) <= names.MESSAGE_WIDTH
+            prompt.sees(expected[wrong])
         if name in answers:
             prompt.type(answers[name])
         else:

@@ -11,7 +11,13 @@ from combinations import REPO, choice_values, combinations
 from support import run
 
 WORKFLOW = REPO / ".github" / "workflows" / "template.yml"
-SCRIPTS = ["scripts/bootstrap.sh", "scripts/test", ".ci/run"]
+SCRIPTS = [
+    "scripts/bootstrap.sh",
+    "scripts/test",
+    "scripts/demo",
+    "scripts/container-runtime.sh",
+    ".ci/run",
+]
 
 
 def tool(name: str) -> str:

@@ -96,7 +96,7 @@ def test_metrics_count_requests_by_route_and_status(service: HttpService) -> Non
     ping_count = r'request_duration_seconds_count\{method="GET /v1/ping",status="200"\} [1-9]'
     assert re.search(ping_count, text)
     assert 'request_duration_seconds_count{method="GET unmatched",status="404"}' in text
-    assert "event_loop_lag_seconds_bucket" in text
+    assert "eventloop_lag_seconds_bucket" in text
     assert "service_ready 1.0" in text
 
 

@@ -7,13 +7,17 @@ whose name says what they hold (``email``, ``url``, ``phone``).
 
 This is exactly the kind of code that freezes an asyncio service: plain synchronous Python
 whose cost grows with the input, most of it spent inside the ``re`` module's C code while
-holding the GIL. It must never run on the event loop; the endpoint hands it to ``offload()``.
-Keep it that way: a pure function of its argument, with a picklable result, so it runs the
-same in a worker thread or a worker process.
+holding the GIL. It must never run on the event loop; the endpoints hand the request's raw
+bytes to ``offload(check_document, body)``, so parsing runs in the worker too: nothing whose
+cost grows with the document runs on the loop, and a worker process receives a flat byte
+string (cheap to pickle) instead of a parsed tree of objects (expensive to pickle).
+Keep it that way: pure functions of their arguments, with picklable results and exceptions,
+so they run the same in a worker thread or a worker process.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +69,37 @@ _FIELD_FORMATS = {
     "url": (re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE), "is not an http(s) URL"),
     "phone": (re.compile(r"\+[1-9][0-9]{6,14}"), "is not a phone number in E.164 form"),
 }
+
+
+class InvalidDocument(ValueError):  # noqa: N818 - named for what the input is
+    """The input is not a JSON object; the message says what is wrong, never echoing it."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message, kind)  # both in args: the exception pickles to the caller
+        self.message = message
+        self.kind = kind
+        """``json_invalid`` (not parsable) or ``dict_type`` (JSON, but not an object)."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def parse_document(raw: bytes | str) -> dict[str, Any]:
+    """The JSON object in ``raw`` (UTF-8/16/32 bytes or text), or :class:`InvalidDocument`."""
+    try:
+        document = json.loads(raw)
+    except RecursionError:
+        raise InvalidDocument("is nested too deeply to parse", "json_invalid") from None
+    except ValueError as error:  # not JSON, or bytes that are not UTF-8/16/32
+        raise InvalidDocument(f"is not valid JSON: {error}", "json_invalid") from None
+    if not isinstance(document, dict):
+        raise InvalidDocument('must be a JSON object, e.g. {"name": "Ada"}', "dict_type")
+    return document
+
+
+def check_document(raw: bytes | str) -> list[Problem]:
+    """Parse ``raw`` and validate it: the whole job, for one ``offload()`` call."""
+    return validate_document(parse_document(raw))
 
 
 def validate_document(document: dict[str, Any]) -> list[Problem]:

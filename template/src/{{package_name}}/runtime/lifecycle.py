@@ -174,6 +174,7 @@ class Runtime:
             settings.stall_threshold,
             lag_interval=settings.lag_interval,
             use_faulthandler=settings.stall_faulthandler,
+            dump_path=settings.stall_dump_file,
         )
         self.offloader = Offloader(
             settings.offload_executor,

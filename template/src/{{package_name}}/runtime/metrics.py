@@ -8,9 +8,13 @@ runtime itself. ``docs/runtime/metrics.md`` explains each one and what to alert 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Loop lag is small when healthy and seconds when something blocks: cover both ends.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -19,26 +23,101 @@ _DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-EVENT_LOOP_LAG = Histogram(
-    "event_loop_lag_seconds",
-    "How late the event loop ran a timer callback that was due (heartbeat lag).",
+EVENTLOOP_LAG = Histogram(
+    "eventloop_lag_seconds",
+    "How late the event loop ran its heartbeat timer (sampled every LAG_INTERVAL).",
     buckets=_LAG_BUCKETS,
 )
 STALLS = Counter(
     "stalls",
-    "Stalls longer than the threshold: kind=event_loop (the loop was blocked) or handler.",
-    ["kind"],
+    "Stalls longer than the threshold, by kind (event_loop, handler, process) and cause "
+    "(python, c_code, syscall, gil_wait, gc, paused).",
+    ["kind", "cause"],
 )
 STALL_DURATION = Histogram(
     "stall_duration_seconds",
-    "How long each stall lasted, by kind.",
-    ["kind"],
+    "How long each stall lasted, by kind and cause.",
+    ["kind", "cause"],
     buckets=_STALL_BUCKETS,
 )
-WATCHDOG_STARVED = Counter(
-    "stall_watchdog_starved",
-    "Times the watchdog thread itself could not run (C code held the GIL); see stderr dumps.",
+SLOW_HANDLERS = Counter(
+    "slow_handlers",
+    "Sync handlers that took longer than the stall threshold while waiting (not stalls).",
 )
+
+
+class LoopLagWindow(Collector):
+    """Loop lag since the previous scrape, as Node.js reports it.
+
+    ``eventloop_lag_{min,max,mean,p50,p90,p99}_seconds`` cover the heartbeats since the last
+    scrape (the window starts again at every scrape, as in Node.js's prom-client); a heartbeat
+    that is overdue right now counts with its lag so far, so a loop that is stuck shows it even
+    before the heartbeat runs. ``eventloop_utilization`` is the share of the window the loop
+    thread spent on CPU.
+    """
+
+    _MAX_SAMPLES = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lags: list[float] = []
+        self._due: float | None = None
+        self._cpu: tuple[float, float] | None = None  # (monotonic, loop thread CPU) at a beat
+        self._cpu_scraped: tuple[float, float] | None = None
+
+    def watch(self, due: float) -> None:
+        with self._lock:
+            self._due = due
+
+    def beat(self, lag: float, now: float, cpu: float, next_due: float | None) -> None:
+        with self._lock:
+            if len(self._lags) < self._MAX_SAMPLES:
+                self._lags.append(lag)
+            self._due = next_due
+            self._cpu = (now, cpu)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            lags, self._lags = sorted(self._lags), []
+            due, cpu, scraped = self._due, self._cpu, self._cpu_scraped
+            self._cpu_scraped = cpu
+        if due is None and not lags:
+            return  # no loop is watched in this process
+        overdue = time.monotonic() - due if due is not None else 0.0
+        if overdue > 0:
+            lags.append(overdue)
+            lags.sort()
+        values = {"min": 0.0, "max": 0.0, "mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+        if lags:
+            values.update(
+                min=lags[0],
+                max=lags[-1],
+                mean=sum(lags) / len(lags),
+                p50=_quantile(lags, 0.5),
+                p90=_quantile(lags, 0.9),
+                p99=_quantile(lags, 0.99),
+            )
+        for name, value in values.items():
+            yield GaugeMetricFamily(
+                f"eventloop_lag_{name}_seconds",
+                f"The {name} of the event loop's lag since the previous scrape.",
+                value=value,
+            )
+        if cpu is not None and scraped is not None and cpu[0] > scraped[0]:
+            yield GaugeMetricFamily(
+                "eventloop_utilization",
+                "Share of the time between the last two heartbeats seen by scrapes that the "
+                "loop thread spent on CPU (0 to 1).",
+                value=min(1.0, (cpu[1] - scraped[1]) / (cpu[0] - scraped[0])),
+            )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+LAG_WINDOW = LoopLagWindow()
+REGISTRY.register(LAG_WINDOW)
 OFFLOAD_IN_FLIGHT = Gauge(
     "offload_in_flight", "Offloaded calls running in a worker right now.", ["executor"]
 )

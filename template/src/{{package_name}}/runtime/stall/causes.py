@@ -1,0 +1,70 @@
+"""What a stall was: the classes an on-call engineer acts on differently.
+
+See docs/runtime/stall-detection.md for the runbook of each class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Cause(StrEnum):
+    PYTHON = "python"  # the thread ran Python code the whole time
+    C_CODE = "c_code"  # the thread ran C code that held the GIL (nothing else could run)
+    SYSCALL = "syscall"  # the thread waited in a system call: sleep, socket, file, lock
+    GIL_WAIT = "gil_wait"  # the thread waited for the GIL that another thread held
+    PAUSED = "paused"  # the process got no CPU: SIGSTOP, CPU throttling, VM steal, a full node
+    GC = "gc"  # a garbage-collection pause
+    UNKNOWN = "unknown"  # no per-thread CPU clocks on this platform
+
+    @property
+    def blames_code(self) -> bool:
+        """Whether a line of this process's code is to blame (a paused process is not)."""
+        return self is not Cause.PAUSED
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Seconds of each kind over one stall of ``wall`` seconds."""
+
+    wall: float
+    thread_cpu: float | None  # the stalled thread's own CPU time
+    thread_queued: float  # the stalled thread's time runnable but waiting for a CPU
+    paused: float  # no thread ran: watchdog gaps without CPU, cgroup throttling, steal
+    gil_starved: float  # the watchdog could not get the GIL while the process ran
+    gc: float  # in garbage collection (any thread)
+    other_cpu: float  # CPU of the busiest other thread
+    threshold: float
+
+
+def classify(evidence: Evidence) -> Cause:
+    """The class of a stall, from where its time went.
+
+    "Most of" means at least half: of the wall time, or, for the running-or-waiting question,
+    of the time the process was allowed to run at all.
+    """
+    wall = evidence.wall
+    cpu = evidence.thread_cpu
+    if evidence.paused >= wall / 2 and (cpu is None or cpu < evidence.threshold):
+        return Cause.PAUSED
+    if evidence.gc >= wall / 2:
+        return Cause.GC
+    if cpu is None:
+        return Cause.UNKNOWN
+    runnable = max(wall - evidence.paused, 1e-9)
+    # Another thread busy is not enough (C code may run there without the GIL): the watchdog
+    # must have been kept from the GIL as well.
+    if (
+        cpu < runnable / 2
+        and evidence.other_cpu >= runnable / 2
+        and evidence.gil_starved >= runnable / 2
+    ):
+        return Cause.GIL_WAIT
+    # On a crowded machine a busy thread spends much of its time waiting for a CPU; that
+    # counts once the thread has also really run (a thread waking up from a wait queues too,
+    # but uses next to no CPU each time).
+    queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
+    if cpu + queued >= runnable / 2:
+        return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
+    return Cause.SYSCALL

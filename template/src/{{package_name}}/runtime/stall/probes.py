@@ -1,0 +1,233 @@
+"""Where the time went: CPU clocks of threads and of the process, CPU the kernel withheld, GC.
+
+A stall looks the same from the outside whatever caused it: a timer ran late. These readings
+tell the causes apart. A thread's CPU clock only advances while that thread runs, so a loop
+thread that used almost no CPU during a stall was waiting (in a system call, or for the GIL),
+and one that used all of it was running. CPU the cgroup throttled or the hypervisor stole, and
+time in which no thread of the process ran at all, mean the process was paused.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# cgroup v2, then v1 (whose counter is in nanoseconds).
+_THROTTLE_FILES = (
+    (Path("/sys/fs/cgroup/cpu.stat"), "throttled_usec", 1e-6),
+    (Path("/sys/fs/cgroup/cpu/cpu.stat"), "throttled_time", 1e-9),
+    (Path("/sys/fs/cgroup/cpu,cpuacct/cpu.stat"), "throttled_time", 1e-9),
+)
+_PROC_STAT = Path("/proc/stat")
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def own_cpu_clock() -> int | None:
+    """The CPU-time clock of the calling thread, readable from any thread while it lives.
+
+    The clock id names the kernel thread, not a pointer: reading it after the thread has
+    ended fails cleanly (``OSError``) instead of crashing, which is why it is taken here, by
+    the thread itself, and kept.
+    """
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):  # not on this platform
+        return None
+
+
+def read_clock(clock: int | None) -> float | None:
+    """Seconds of CPU on ``clock``, or ``None`` if it is unknown or its thread has ended."""
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:
+        return None
+
+
+class ThreadStat:
+    """One thread's scheduler statistics (Linux): CPU time, and time runnable but waiting.
+
+    A thread that wants to run but gets no CPU, because other processes or threads have them,
+    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
+    The file stays open, so each reading is a single ``pread``.
+    """
+
+    def __init__(self, native_id: int) -> None:
+        path = f"/proc/self/task/{native_id}/schedstat"
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> tuple[float, float] | None:
+        """(CPU seconds, seconds waiting for a CPU), or ``None`` once the thread has ended."""
+        if self._fd is None:
+            return None
+        try:
+            fields = os.pread(self._fd, 128, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _CounterFile:
+    """A kernel counter file kept open and re-read with one ``pread``."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> bytes | None:
+        if self._fd is None:
+            return None
+        try:
+            return os.pread(self._fd, 4096, 0)
+        except OSError:
+            return None
+
+
+def _throttle_counter() -> tuple[_CounterFile, bytes, float] | None:
+    for path, key, scale in _THROTTLE_FILES:
+        counter = _CounterFile(path)
+        text = counter.read()
+        if text is not None and key.encode() in text:
+            return counter, key.encode(), scale
+    return None
+
+
+class GcTimer:
+    """Total time spent in garbage collection, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.started: float | None = None
+        self.generation: int | None = None  # of the last collection longer than a millisecond
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self.started = now
+        elif self.started is not None:
+            took = now - self.started
+            self.total += took
+            self.started = None
+            if took > 0.001:
+                self.generation = info.get("generation")
+
+    def reading(self, now: float) -> float:
+        """Seconds spent in collections so far, counting one still running."""
+        started = self.started
+        return self.total + (now - started if started is not None else 0.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the clocks said at one moment (``at``, monotonic seconds).
+
+    A light snapshot reads only clocks, which never release the GIL. A full one also reads the
+    kernel's files (run-queue waits, throttling, steal): each read lets another thread take
+    the GIL, so on a busy loop it is done rarely.
+    """
+
+    at: float
+    process_cpu: float
+    threads: dict[int, float] = field(default_factory=dict)  # thread ident -> CPU seconds
+    gc: float = 0.0
+    full: bool = False
+    queued: dict[int, float] = field(default_factory=dict)  # thread ident -> run-queue wait
+    throttled: float | None = None
+    steal: float | None = None
+
+
+class Probes:
+    """Takes :class:`Snapshot` readings; a light one is cheap enough for every watchdog tick."""
+
+    def __init__(self, gc_timer: GcTimer) -> None:
+        self.gc_timer = gc_timer
+        self._throttle = _throttle_counter()
+        self._proc_stat = _CounterFile(_PROC_STAT)
+        self._cpus = max(1, os.cpu_count() or 1)
+        self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
+        self._stats: dict[int, ThreadStat] = {}
+        self.names: dict[int, str] = {}
+
+    def _watch_threads(self) -> None:
+        alive = {thread.ident: thread for thread in threading.enumerate() if thread.ident}
+        for ident in self._clocks.keys() - alive.keys():
+            del self._clocks[ident]
+            self._stats.pop(ident).close()
+        for ident, thread in alive.items():
+            if ident not in self._clocks:
+                self.names[ident] = thread.name
+                self._stats[ident] = ThreadStat(thread.native_id or 0)
+                try:
+                    # Listed by threading.enumerate(), so still running: its pthread is valid.
+                    self._clocks[ident] = time.pthread_getcpuclockid(ident)
+                except (AttributeError, OSError):
+                    self._clocks[ident] = None
+
+    def take(self, *, full: bool = False) -> Snapshot:
+        """The clocks now; ``full`` also reads the kernel's files and looks for new threads."""
+        now = time.monotonic()
+        if full or not self._clocks:
+            self._watch_threads()
+        threads = {}
+        for ident, clock in self._clocks.items():
+            cpu = read_clock(clock)
+            if cpu is not None:
+                threads[ident] = cpu
+        if not full:
+            return Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
+        queued = {}
+        for ident, stat in self._stats.items():
+            reading = stat.read()
+            if reading is not None:
+                queued[ident] = reading[1]
+        return Snapshot(
+            at=now,
+            process_cpu=time.process_time(),
+            threads=threads,
+            gc=self.gc_timer.reading(now),
+            full=True,
+            queued=queued,
+            throttled=self._throttled(),
+            steal=self._steal(),
+        )
+
+    def _throttled(self) -> float | None:
+        if self._throttle is None:
+            return None
+        counter, key, scale = self._throttle
+        for line in (counter.read() or b"").splitlines():
+            name, _, value = line.partition(b" ")
+            if name == key:
+                return int(value) * scale
+        return None
+
+    def _steal(self) -> float | None:
+        text = self._proc_stat.read()
+        try:
+            ticks = int((text or b"").split(b"\n", 1)[0].split()[8])
+        except (IndexError, ValueError):
+            return None
+        return ticks / _TICKS_PER_SECOND / self._cpus

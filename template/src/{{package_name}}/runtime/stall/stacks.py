@@ -1,0 +1,66 @@
+"""Stacks as lists of ``file:line in function`` (outermost first), and which frame to blame.
+
+Stacks come from two places: ``sys._current_frames()`` while the watchdog can run, and the
+text faulthandler writes when it cannot (C code holding the GIL). Both end up in the same shape
+so that a report looks the same whichever way its stack was captured.
+"""
+
+from __future__ import annotations
+
+import re
+import sysconfig
+import traceback
+from types import FrameType
+
+MAX_FRAMES = 60
+
+# Frames from here are rarely what to fix: the culprit is the innermost frame outside them.
+_STDLIB_PREFIXES = tuple(
+    {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"], "<frozen "}
+)
+_THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+_FRAME_LINE = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+|\?\?\?) in (?P<name>.*)$')
+
+
+def thread_label(ident: int) -> str:
+    """A thread id spelt the way faulthandler prints it (``0x00007f...``)."""
+    return f"0x{ident:016x}"
+
+
+def format_stack(frame: FrameType | None) -> list[str]:
+    """``file:line in function`` for each frame, outermost first, innermost last."""
+    if frame is None:
+        return []
+    return [
+        f"{entry.filename}:{entry.lineno} in {entry.name}"
+        for entry in traceback.extract_stack(frame, limit=MAX_FRAMES)
+    ]
+
+
+def culprit(stack: list[str]) -> str | None:
+    """The innermost frame of ``stack`` outside the standard library (or the innermost one)."""
+    for entry in reversed(stack):
+        if not entry.startswith(_STDLIB_PREFIXES):
+            return entry
+    return stack[-1] if stack else None
+
+
+def parse_faulthandler_dump(text: str) -> dict[str, list[str]]:
+    """Each thread's stack in a faulthandler dump, keyed by :func:`thread_label`.
+
+    faulthandler prints the innermost frame first; the stacks returned are outermost first,
+    like :func:`format_stack`. When the text holds several dumps, the last one wins.
+    """
+    stacks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        header = _THREAD_HEADER.match(line)
+        if header is not None:
+            current = stacks[f"0x{int(header[1], 16):016x}"] = []
+            continue
+        frame = _FRAME_LINE.match(line)
+        if frame is not None and current is not None:
+            current.insert(0, f"{frame['file']}:{frame['line']} in {frame['name']}")
+        elif not line.strip():
+            current = None
+    return stacks

@@ -1,0 +1,695 @@
+"""The stall watchdog: one daemon thread that watches the event loop and sync handlers.
+
+* A heartbeat on the event loop (``loop.call_later`` every ``lag_interval``) records how late
+  each wake-up was (the ``eventloop_lag_*`` metrics) and stamps when the loop was last alive,
+  with the loop thread's CPU time at that moment.
+* Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`).
+* The watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a
+  unit that is stuck as ``stall_detected`` while it is still stuck, with its stack. When the
+  unit moves again, one ``event_loop_stalled`` / ``handler_stalled`` event carries the
+  duration, the class (:mod:`.causes`), the culprit and the request. A process that was
+  paused is reported as ``process_paused`` instead, without blaming any code.
+
+A handler is judged by its thread's CPU time: one that waits (for a database, a socket, the
+offload pool) is not stalled, however long it takes; it is logged as ``handler_slow`` at info
+level. The event loop is judged by wall time: nothing else may run while it waits.
+
+A Python thread cannot run while C code holds the GIL, the watchdog included, so the watchdog
+keeps faulthandler armed (:mod:`.dumpfile`): if it is starved for ``threshold + 2 * tick``,
+faulthandler writes every thread's stack to the dump file, and the stall report made
+afterwards carries the stack read back from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..logging import get_logger
+from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, STALLS
+from . import tasks
+from .causes import Cause, Evidence, classify
+from .dumpfile import DumpFile, default_dump_path
+from .probes import GcTimer, Probes, Snapshot, ThreadStat, own_cpu_clock, read_clock
+from .stacks import culprit, format_stack, thread_label
+
+LOOP = "event_loop"
+HANDLER = "handler"
+PROCESS = "process"
+
+log = get_logger(__name__)
+
+_HISTORY = 32  # snapshots kept: a stall's start is never more than a tick or two back
+_SEGMENTS = 32  # watchdog gaps kept
+_NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
+_FULL_EVERY = 10  # ticks between full snapshots (see probes.Snapshot)
+
+
+@dataclass(eq=False)
+class _Unit:
+    """Something the watchdog watches: the event loop, or one sync RPC."""
+
+    kind: str
+    name: str
+    thread_id: int
+    clock: int | None  # the thread's CPU clock
+    started: float  # monotonic start of the current stretch of work
+    cpu_start: float  # the thread's CPU time then
+    since: float  # from when on a lack of progress counts (the loop: when its beat was due)
+    fields: dict[str, object] = field(default_factory=dict)
+    generation: int = 0  # bumped on every sign of progress, so late captures are discarded
+    reported: bool = False
+    stack: list[str] | None = None
+    task: dict[str, object] = field(default_factory=dict)
+    baseline: Snapshot | None = None
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """One stall that is over, waiting to be classified and reported by the watchdog thread."""
+
+    unit: _Unit
+    started: float
+    ended: float
+    duration: float
+    cpu: float | None
+    queued: float | None  # the thread's run-queue wait so far, read at the end (handlers)
+    stack: list[str] | None
+    task: dict[str, object]
+    baseline: Snapshot | None
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """A stretch in which the watchdog thread was held up (``late`` seconds past its tick)."""
+
+    start: float
+    end: float
+    late: float
+    paused: float  # of ``late``, seconds in which the process used no CPU at all
+
+
+class StallWatchdog:
+    """Reports an event loop or handler blocked for longer than ``threshold`` seconds.
+
+    ``start()`` starts the watchdog thread, ``watch_loop()`` adds an event loop, and
+    ``watch_handler()`` wraps one synchronous RPC. ``stop()`` ends all of it.
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        lag_interval: float = 0.1,
+        use_faulthandler: bool = True,
+        dump_path: Path | None = None,
+    ) -> None:
+        if threshold <= 0 or lag_interval <= 0:
+            raise ValueError("threshold and lag_interval must be positive")
+        self.threshold = threshold
+        self.lag_interval = lag_interval
+        # Every tick costs CPU even when all is well: a quarter of a second keeps the idle cost
+        # near 0.1 % of a core, and a stall is still reported within threshold + tick.
+        self.tick = max(threshold / 2, 0.25)
+        self.dump_after = round(threshold + 2 * self.tick, 3)
+        self.rearm_period = max(2 * self.tick, 0.5)
+        self._use_faulthandler = use_faulthandler
+        self._dump_path = dump_path
+        self._dump: DumpFile | None = None
+        self._lock = threading.Lock()
+        self._loop_unit: _Unit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handlers: set[_Unit] = set()
+        self._ended: deque[_Ended] = deque()
+        self._stopping = False
+        # Held except while someone rings it: the watchdog sleeps by trying to take it. A bare
+        # lock's timed acquire is one C call, far cheaper per tick than threading.Event.wait.
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._thread: threading.Thread | None = None
+        self._gc = GcTimer()
+        self._probes = Probes(self._gc)
+        self._history: deque[Snapshot] = deque(maxlen=_HISTORY)
+        self._gaps: deque[_Gap] = deque(maxlen=_SEGMENTS)
+        self._dumps: deque[tuple[float, float, dict[str, list[str]]]] = deque(maxlen=4)
+        self._pause_reported_until = 0.0
+        self._ticks = 0
+        self._peeked: tuple[float, dict[str, object]] = (0.0, {})
+        self._history.append(self._probes.take(full=True))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the watchdog thread (idempotent)."""
+        if self._thread is not None:
+            return
+        if self._use_faulthandler:
+            path = self._dump_path or default_dump_path()
+            try:
+                self._dump = DumpFile(path, self.dump_after, self.rearm_period)
+            except OSError as error:
+                log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
+        self._gc.install()
+        self._stopping = False
+        self._history.append(self._probes.take())  # the first tick's gap is measured from here
+        self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
+        self._thread.start()
+        log.info(
+            "stall_watchdog_started",
+            threshold=self.threshold,
+            tick=self.tick,
+            faulthandler_after=self._dump.latest if self._dump is not None else None,
+            faulthandler_file=str(self._dump.path) if self._dump is not None else None,
+            watchdog_thread=thread_label(self._thread.ident or 0),
+        )
+
+    def stop(self) -> None:
+        """Stop watching: report what has ended, end the thread, the heartbeat and the timer."""
+        with self._lock:
+            self._loop_unit = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopping = True
+        self._ring()
+        thread.join()
+        self._gc.uninstall()
+        if self._dump is not None:
+            self._dump.close()
+            self._dump = None
+
+    def watch_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Watch ``loop`` (default: the running loop); safe to call from any thread."""
+        target = loop if loop is not None else asyncio.get_running_loop()
+        target.call_soon_threadsafe(self._first_beat, target)
+
+    @contextmanager
+    def watch_handler(self, name: str, **fields: object) -> Iterator[None]:
+        """Watch the current thread while the block runs (one synchronous RPC).
+
+        ``name`` is the RPC method; ``fields`` (e.g. ``request_id=...``) go into every report.
+        """
+        now = time.monotonic()
+        unit = _Unit(
+            HANDLER,
+            name,
+            threading.get_ident(),
+            _thread_clock(),
+            now,
+            time.thread_time(),
+            now,
+            dict(fields),
+        )
+        with self._lock:
+            self._handlers.add(unit)
+        _current.watch = (self, unit)
+        try:
+            yield
+        finally:
+            _current.watch = None
+            self._settle(unit)
+
+    def _settle(self, unit: _Unit) -> None:
+        """Stop watching ``unit`` (on its own thread); report its last stretch if it stalled."""
+        now, cpu = time.monotonic(), time.thread_time()
+        with self._lock:
+            self._handlers.discard(unit)
+            unit.generation += 1
+            ended = _Ended(
+                unit,
+                unit.started,
+                now,
+                now - unit.started,
+                cpu - unit.cpu_start,
+                None,
+                unit.stack,
+                dict(unit.fields),
+                unit.baseline,
+            )
+            reported = unit.reported
+            unit.reported, unit.stack, unit.baseline = False, None, None
+        used = cpu - unit.cpu_start
+        if reported or used > self.threshold:
+            # The thread may be gone by the time the watchdog looks: read its wait now.
+            stat = ThreadStat(threading.get_native_id())
+            reading = stat.read()
+            stat.close()
+            if reading is not None:
+                ended = dataclasses.replace(ended, queued=reading[1])
+            self._hand_over(ended)
+        elif ended.duration > self.threshold:
+            SLOW_HANDLERS.inc()
+            log.info(
+                "handler_slow",
+                name=unit.name,
+                duration=round(ended.duration, 3),
+                cpu=round(used, 3),
+                threshold=self.threshold,
+                **unit.fields,
+            )
+
+    def _resume(self, unit: _Unit) -> None:
+        now = time.monotonic()
+        with self._lock:
+            unit.started = unit.since = now
+            unit.cpu_start = time.thread_time()
+            self._handlers.add(unit)
+
+    def _hand_over(self, ended: _Ended) -> None:
+        """Report ``ended`` from the watchdog thread (right here if there is none)."""
+        if self._thread is None:
+            self._report(ended)
+            return
+        self._ended.append(ended)
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the watchdog thread before its tick is up."""
+        with contextlib.suppress(RuntimeError):  # already rung, not yet answered
+            self._bell.release()
+
+    # -- the loop side ---------------------------------------------------------------------
+
+    def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        tasks.install_task_factory(loop)
+        ident = threading.get_ident()
+        now = time.monotonic()
+        unit = _Unit(
+            LOOP,
+            LOOP,
+            ident,
+            _thread_clock(),
+            now,
+            time.thread_time(),
+            now + self.lag_interval,
+        )
+        with self._lock:
+            self._loop_unit = unit
+            self._loop = loop
+        LAG_WINDOW.watch(unit.since)
+        log.info(
+            "stall_watch_loop",
+            loop_thread=thread_label(ident),
+            loop_thread_id=ident,
+            lag_interval=self.lag_interval,
+        )
+        loop.call_later(self.lag_interval, self._beat, loop, unit)
+
+    def _beat(self, loop: asyncio.AbstractEventLoop, unit: _Unit) -> None:
+        now, cpu = time.monotonic(), time.thread_time()
+        lag = max(0.0, now - unit.since)
+        EVENTLOOP_LAG.observe(lag)
+        with self._lock:
+            ended = None
+            if unit.reported or lag > self.threshold:
+                ended = _Ended(
+                    unit,
+                    unit.started,
+                    now,
+                    lag,
+                    cpu - unit.cpu_start,
+                    None,
+                    unit.stack,
+                    dict(unit.task),
+                    unit.baseline,
+                )
+            unit.started, unit.cpu_start = now, cpu
+            unit.since = now + self.lag_interval
+            unit.generation += 1
+            unit.reported, unit.stack, unit.baseline = False, None, None
+            unit.task = {}
+            watching = self._loop_unit is unit
+        LAG_WINDOW.beat(lag, now, cpu, unit.since if watching else None)
+        if ended is not None:
+            self._hand_over(ended)
+        if watching:
+            loop.call_later(self.lag_interval, self._beat, loop, unit)
+
+    # -- the watchdog thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self._dump is not None:
+            self._dump.arm(time.monotonic())
+        self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
+        while True:
+            self._bell.acquire(timeout=self.tick)
+            # First, before anything that could let the loop thread move on: which task is it
+            # running? After a GIL-held stall this is the moment the blocking step ends.
+            self._note_loop_task()
+            self._observe()
+            while self._ended:
+                self._report(self._ended.popleft())
+            if self._stopping:
+                return
+            self._check()
+
+    def _note_loop_task(self) -> None:
+        """Remember the task an overdue loop is running, for the report at the stall's end."""
+        unit = self._loop_unit
+        if unit is None or unit.task or time.monotonic() <= unit.since:
+            return
+        found = tasks.running_task(self._loop)
+        self._peeked = (time.monotonic(), found)  # the step may end before the next line runs
+        with self._lock:
+            if not unit.task and time.monotonic() > unit.since:
+                unit.task = found
+
+    def _observe(self) -> None:
+        """Read the clocks; note a gap in which the watchdog itself could not run."""
+        previous = self._history[-1]
+        self._ticks += 1
+        snapshot = self._probes.take(full=self._ticks % _FULL_EVERY == 0)
+        late = snapshot.at - previous.at - self.tick
+        if late > _NOTICEABLE_GAP:
+            snapshot = self._probes.take(full=True)  # a thread new since may hold the GIL
+        self._history.append(snapshot)
+        if late > _NOTICEABLE_GAP:
+            # Threads that ran or wanted to: none at all means the process was paused; some
+            # means one of them held the GIL the watchdog waited for.
+            me = threading.get_ident()
+            queued_since = self._snapshot_before(previous.at, full=True)
+            active = sum(
+                _delta(previous.threads, snapshot.threads, ident)
+                + _delta(queued_since.queued, snapshot.queued, ident)
+                for ident in snapshot.threads
+                if ident != me
+            )
+            # A thread that has ended since is missing above, but its CPU is in the process's.
+            active = max(active, snapshot.process_cpu - previous.process_cpu)
+            paused = max(0.0, late - active) if active < late / 2 else 0.0
+            self._gaps.append(_Gap(previous.at, snapshot.at, late, paused))
+            if paused > self.threshold:
+                self._report_watchdog_pause(queued_since, snapshot, paused)
+        if self._dump is not None:
+            self._dump.arm(snapshot.at)
+            stacks = self._dump.take(snapshot.at)
+            if stacks is not None:
+                self._dumps.append((previous.at, snapshot.at, stacks))
+
+    def _report_watchdog_pause(self, before: Snapshot, after: Snapshot, paused: float) -> None:
+        self._pause_reported_until = after.at
+        STALLS.labels(kind=PROCESS, cause=Cause.PAUSED.value).inc()
+        STALL_DURATION.labels(kind=PROCESS, cause=Cause.PAUSED.value).observe(paused)
+        log.warning(
+            "process_paused",
+            kind=PROCESS,
+            cause=Cause.PAUSED.value,
+            duration=round(after.at - before.at, 3),
+            paused=round(paused, 3),
+            process_cpu=round(after.process_cpu - before.process_cpu, 3),
+            **_withheld(before, after),
+            hint="no thread of the process ran: SIGSTOP, a frozen container or VM, or CPU "
+            "throttling; no code of this service is to blame",
+        )
+
+    def _check(self) -> None:
+        """Report units that are stuck right now, while they are."""
+        now = time.monotonic()
+        due = self._due(now)
+        if not due:
+            return
+        frames = sys._current_frames()
+        try:
+            for unit, generation, cpu in due:
+                stack = format_stack(frames.get(unit.thread_id))
+                self._report_detected(unit, generation, cpu, stack, now)
+        finally:
+            del frames
+
+    def _due(self, now: float) -> list[tuple[_Unit, int, float | None]]:
+        """Units stuck for longer than the threshold (a handler: on CPU for that long)."""
+        with self._lock:
+            units: list[_Unit] = [*self._handlers]
+            if self._loop_unit is not None and self._loop is not None and self._loop.is_running():
+                units.append(self._loop_unit)  # a loop that has ended is not stalled
+            due = []
+            for unit in units:
+                if now <= unit.since or unit.reported:
+                    continue
+                if unit.baseline is None:
+                    unit.baseline = self._snapshot_before(unit.started)
+                if unit.kind == LOOP and not unit.task:
+                    unit.task = tasks.running_task(self._loop)
+                cpu = _cpu_since(unit)
+                if unit.kind == HANDLER:  # a handler that waits is not stalled
+                    stuck = cpu is not None and cpu > self.threshold
+                else:
+                    stuck = now - unit.since > self.threshold
+                if stuck:
+                    due.append((unit, unit.generation, cpu))
+            return due
+
+    def _report_detected(
+        self,
+        unit: _Unit,
+        generation: int,
+        cpu: float | None,
+        sampled: list[str],
+        now: float,
+    ) -> None:
+        cause, extra = self._diagnose(unit, (unit.started, now), cpu, unit.baseline)
+        if not cause.blames_code:
+            return  # looked at again next tick; a pause is reported as such once it is over
+        stack = self._stack_for(unit, cause, sampled, (unit.started, now), extra)
+        with self._lock:
+            if unit.generation != generation or unit.reported:
+                return  # it moved on while we looked: the stack would be wrong
+            unit.reported, unit.stack = True, stack
+        log.warning(
+            "stall_detected",
+            kind=unit.kind,
+            name=unit.name,
+            cause=cause.value,
+            thread=thread_label(unit.thread_id),
+            stalled_for=round(now - unit.since, 3),
+            threshold=self.threshold,
+            culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
+            stack=stack or [],
+            **extra,
+            **unit.task,
+            **unit.fields,
+        )
+
+    def _snapshot_before(self, moment: float, *, full: bool = False) -> Snapshot:
+        """The latest snapshot (``full``: the latest full one) taken at or before ``moment``."""
+        for snapshot in reversed(self._history):
+            if snapshot.at <= moment and (snapshot.full or not full):
+                return snapshot
+        return next((s for s in self._history if s.full or not full), self._history[0])
+
+    def _diagnose(
+        self,
+        unit: _Unit,
+        window: tuple[float, float],
+        cpu: float | None,
+        baseline: Snapshot | None,
+        queued_now: float | None = None,
+    ) -> tuple[Cause, dict[str, object]]:
+        """The class of ``unit``'s stall over ``window``, and the evidence for it.
+
+        ``cpu`` is the thread's CPU time over the window.
+        """
+        start, end = window
+        before = baseline or self._snapshot_before(start)
+        before_full = self._snapshot_before(start, full=True)
+        after = self._probes.take(full=True)  # rare: only for a stall
+        self._history.append(after)
+        queued_after = dict(after.queued)
+        if queued_now is not None:
+            queued_after[unit.thread_id] = queued_now
+        queued = _delta(before_full.queued, queued_after, unit.thread_id)
+        withheld = _withheld(before_full, after)
+        paused = sum(_overlap(gap, start, end) * gap.paused / gap.late for gap in self._gaps)
+        starved = sum(_overlap(gap, start, end) for gap in self._gaps if not gap.paused)
+        holder, other_cpu = _busiest_other(before, after, {unit.thread_id, threading.get_ident()})
+        gc_time = after.gc - before.gc
+        evidence = Evidence(
+            wall=end - start,
+            thread_cpu=cpu,
+            thread_queued=queued,
+            paused=max([paused, *withheld.values()]),
+            gil_starved=starved,
+            gc=gc_time,
+            other_cpu=other_cpu,
+            threshold=self.threshold,
+        )
+        cause = classify(evidence)
+        extra: dict[str, object] = {
+            # Where the time went, in seconds: what the class was decided on.
+            "evidence": {
+                "cpu": None if cpu is None else round(cpu, 3),
+                "cpu_wait": round(queued, 3),
+                "paused": round(evidence.paused, 3),
+                "gil_starved": round(starved, 3),
+                "gc": round(gc_time, 3),
+                "other_thread_cpu": round(other_cpu, 3),
+            }
+        }
+        if cause is Cause.GIL_WAIT and holder is not None:
+            extra["gil_holder"] = self._probes.names.get(holder, "?")
+            extra["gil_holder_thread"] = thread_label(holder)
+        if cause is Cause.GC:
+            extra["gc_seconds"] = round(gc_time, 3)
+            extra["gc_generation"] = self._gc.generation
+        if cause is Cause.PAUSED:
+            extra.update({key: round(value, 3) for key, value in withheld.items()})
+        return cause, extra
+
+    def _stack_for(
+        self,
+        unit: _Unit,
+        cause: Cause,
+        sampled: list[str] | None,
+        window: tuple[float, float],
+        extra: dict[str, object],
+    ) -> list[str] | None:
+        """The stack to report: faulthandler's, taken during the stall, when the GIL was held
+        (a stack sampled afterwards would show where the thread went next); else ``sampled``.
+        Adds the GIL holder's stack and culprit to ``extra`` for a :attr:`Cause.GIL_WAIT`.
+        """
+        dumped = self._dump_during(*window)
+        stack = sampled
+        extra["stack_source"] = "sampled" if sampled is not None else None
+        if dumped is not None and cause in (Cause.C_CODE, Cause.GC, Cause.GIL_WAIT):
+            stack = dumped.get(thread_label(unit.thread_id), sampled)
+            extra["stack_source"] = "faulthandler"
+            extra["faulthandler_file"] = str(self._dump.path) if self._dump else None
+        if cause is Cause.GIL_WAIT and "gil_holder_thread" in extra:
+            holder_stack = (dumped or {}).get(str(extra["gil_holder_thread"]), [])
+            extra["gil_holder_stack"] = holder_stack
+            extra["gil_holder_culprit"] = culprit(holder_stack)
+        return stack
+
+    def _dump_during(self, start: float, end: float) -> dict[str, list[str]] | None:
+        for dumped_from, dumped_to, stacks in reversed(self._dumps):
+            if dumped_from < end and dumped_to > start:
+                return stacks
+        return None
+
+    def _report(self, ended: _Ended) -> None:
+        """Classify one stall that is over and log it (or the pause it really was)."""
+        unit = ended.unit
+        cause, extra = self._diagnose(
+            unit, (ended.started, ended.ended), ended.cpu, ended.baseline, ended.queued
+        )
+        if not cause.blames_code:
+            self._report_unit_pause(ended, extra)
+            return
+        stack = self._stack_for(
+            unit, cause, ended.stack, (ended.started, self._history[-1].at), extra
+        )
+        request = ended.task
+        peeked_at, peeked = self._peeked
+        if unit.kind == LOOP and not request and ended.started < peeked_at <= self._history[-1].at:
+            request = peeked  # seen by the watchdog at the stall's very end
+        STALLS.labels(kind=unit.kind, cause=cause.value).inc()
+        STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
+        log.warning(
+            "event_loop_stalled" if unit.kind == LOOP else "handler_stalled",
+            kind=unit.kind,
+            name=unit.name,
+            cause=cause.value,
+            thread=thread_label(unit.thread_id),
+            duration=round(ended.duration, 3),
+            threshold=self.threshold,
+            stack_captured=stack is not None,
+            culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
+            stack=stack or [],
+            **extra,
+            **request,
+        )
+
+    def _report_unit_pause(self, ended: _Ended, extra: dict[str, object]) -> None:
+        if ended.ended <= self._pause_reported_until + self.tick:
+            return  # the watchdog saw the same pause itself and has reported it
+        unit = ended.unit
+        STALLS.labels(kind=unit.kind, cause=Cause.PAUSED.value).inc()
+        STALL_DURATION.labels(kind=unit.kind, cause=Cause.PAUSED.value).observe(ended.duration)
+        log.warning(
+            "process_paused",
+            kind=unit.kind,
+            cause=Cause.PAUSED.value,
+            duration=round(ended.duration, 3),
+            **extra,
+            hint="the process was paused or throttled; no code of this service is to blame",
+        )
+
+
+def _thread_clock() -> int | None:
+    """The calling thread's CPU clock, looked up once per thread."""
+    clock: int | None = getattr(_current, "clock", None)
+    if clock is None:
+        clock = _current.clock = own_cpu_clock()
+    return clock
+
+
+def _cpu_since(unit: _Unit) -> float | None:
+    """The CPU time of ``unit``'s thread since its stretch started."""
+    cpu = read_clock(unit.clock)
+    return None if cpu is None else cpu - unit.cpu_start
+
+
+def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
+    """How far ``ident``'s reading moved (a thread that started in between: all of it)."""
+    return after[ident] - before.get(ident, 0.0) if ident in after else 0.0
+
+
+def _overlap(gap: _Gap, start: float, end: float) -> float:
+    """Seconds of ``gap``'s lateness that fall between ``start`` and ``end``."""
+    late_from = gap.end - gap.late
+    return max(0.0, min(gap.end, end) - max(late_from, start))
+
+
+def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU the kernel withheld between two snapshots: cgroup throttling, hypervisor steal."""
+    found = {}
+    if before.throttled is not None and after.throttled is not None:
+        found["throttled"] = after.throttled - before.throttled
+    if before.steal is not None and after.steal is not None:
+        found["steal"] = after.steal - before.steal
+    return found
+
+
+def _busiest_other(
+    before: Snapshot, after: Snapshot, excluded: set[int]
+) -> tuple[int | None, float]:
+    """The thread (not in ``excluded``) that ran, or wanted to, the most between the snapshots."""
+    busiest, most = None, 0.0
+    for ident in after.threads.keys() - excluded:
+        used = _delta(before.threads, after.threads, ident)
+        used += _delta(before.queued, after.queued, ident)
+        if used > most:
+            busiest, most = ident, used
+    return busiest, most
+
+
+# ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
+_current = threading.local()
+
+
+@contextmanager
+def waiting() -> Iterator[None]:
+    """Mark the current sync handler as waiting, not stalled, for the duration of the block.
+
+    A handler blocked on offloaded work is doing its job: its stall clock stops while it waits
+    and starts again from zero afterwards. Outside a watched handler this does nothing.
+    """
+    watch: tuple[StallWatchdog, _Unit] | None = getattr(_current, "watch", None)
+    if watch is None:
+        yield
+        return
+    watchdog, unit = watch
+    watchdog._settle(unit)
+    try:
+        yield
+    finally:
+        watchdog._resume(unit)
