@@ -331,6 +331,45 @@ def envoy_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[str]
         problems.append("the HTTP cluster is not health-checked on /readyz")
     if "previous_hosts" not in json.dumps(config):
         problems.append("retries may go back to the pod that just failed (no previous_hosts)")
+    problems += envoy_edge_problems(config)
+    return problems
+
+
+def envoy_heap_problems(config: dict[str, Any], memory_limit: str) -> list[str]:
+    """Envoy's overload manager must act on a heap size below its container's memory limit."""
+    units = {"Mi": 2**20, "Gi": 2**30, "m": 2**20, "g": 2**30}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", memory_limit).groups()  # type: ignore[union-attr]
+    limit = int(number) * units.get(unit, 1)
+    heaps = [m["max_heap_size_bytes"] for m in walk(config) if "max_heap_size_bytes" in m]
+    if not heaps or not 0 < heaps[0] < limit:
+        return [f"Envoy's heap limit {heaps} is not below its container's memory {memory_limit}"]
+    return []
+
+
+def envoy_edge_problems(config: dict[str, Any]) -> list[str]:
+    """What a client may send is bounded, and retries are single and budgeted."""
+    problems = []
+    (ingress,) = [
+        m
+        for m in walk(config["static_resources"]["listeners"])
+        if m.get("stat_prefix") == "ingress"
+    ]
+    if not ingress.get("max_request_headers_kb"):
+        problems.append("the size of request headers is left to Envoy's default")
+    if ingress.get("common_http_protocol_options", {}).get("max_headers_count") is None:
+        problems.append("the number of request headers is left to Envoy's default")
+    if not 0 < seconds(ingress.get("request_headers_timeout", "0s")) <= 60:
+        problems.append(
+            "slow senders may take forever over their headers (request_headers_timeout)"
+        )
+    for policy in [
+        m["retry_policy"] for m in walk(config["static_resources"]) if "retry_policy" in m
+    ]:
+        if policy.get("num_retries") != 1:
+            problems.append(f"a retry policy retries {policy.get('num_retries')} times, not once")
+    budgets = [m for m in walk(config["static_resources"]["clusters"]) if "retry_budget" in m]
+    if not budgets:
+        problems.append("retries have no retry_budget in the cluster's circuit breakers")
     return problems
 
 
@@ -352,6 +391,8 @@ def kubernetes_problems(project: Path, answers: dict[str, Any]) -> list[str]:
         )
     envoy = yaml.safe_load((project / "deploy/kubernetes/envoy.yaml").read_text())
     problems += envoy_problems(envoy, answers)
+    (proxy,) = resources["envoy-deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    problems += envoy_heap_problems(envoy, proxy["resources"]["limits"]["memory"])
     return problems
 
 
@@ -468,7 +509,8 @@ def compose_config(compose: list[str], file: Path) -> subprocess.CompletedProces
 
 def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[str]:
     problems = []
-    (service,) = config["services"].values()
+    slug = answers["project_slug"]
+    service, proxy = config["services"][slug], config["services"][f"{slug}-envoy"]
     if service.get("read_only") is not True or "/tmp" not in service.get("tmpfs", []):
         problems.append("not read_only with a tmpfs at /tmp")
     stop = seconds(service.get("stop_grace_period", "10s"))
@@ -478,8 +520,15 @@ def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[st
     if test[:1] != ["CMD"] or f"{answers['package_name']}.healthcheck" not in test:
         problems.append(f"the health check is not the exec form of the healthcheck: {test}")
     published = {int(port["target"]) for port in service.get("ports", [])}
-    if answers["port"] not in published:
-        problems.append(f"port {answers['port']} is not published")
+    if answers["port"] in published:
+        problems.append(f"the service's port {answers['port']} is published, bypassing Envoy")
+    if answers["port"] not in {int(port["target"]) for port in proxy.get("ports", [])}:
+        problems.append(f"Envoy does not publish port {answers['port']}")
+    if proxy.get("read_only") is not True or proxy.get("cap_drop") != ["ALL"]:
+        problems.append("Envoy is not read_only with all capabilities dropped")
+    mounts = [m for m in proxy.get("volumes", []) if m.get("target") == "/etc/envoy/envoy.yaml"]
+    if not mounts or not mounts[0]["source"].endswith("/deploy/compose/envoy.yaml"):
+        problems.append("Envoy does not mount deploy/compose/envoy.yaml")
     return problems
 
 
@@ -488,13 +537,22 @@ def compose_problems(config: dict[str, Any], answers: dict[str, Any]) -> list[st
 def test_compose(
     combination: Combination, rendered: Callable[[Combination], Path], compose_command: list[str]
 ) -> None:
-    """`docker compose config` accepts the file; drain budget, read-only root, health check."""
+    """`docker compose config` accepts the file; drain budget, read-only root, health check;
+    Envoy in front, and it accepts its config."""
     project = rendered(combination)
     result = compose_config(compose_command, project / "deploy" / "compose" / "compose.yaml")
     assert result.returncode == 0, f"compose config:\n{result.stdout}"
     config = json.loads(result.stdout[result.stdout.index("{") :])
-    problems = compose_problems(config, answers_of(project))
+    answers = answers_of(project)
+    envoy = yaml.safe_load((project / "deploy/compose/envoy.yaml").read_text())
+    problems = compose_problems(config, answers) + envoy_problems(envoy, answers)
+    proxy = yaml.safe_load((project / "deploy/compose/compose.yaml").read_text())["services"][
+        f"{answers['project_slug']}-envoy"
+    ]
+    problems += envoy_heap_problems(envoy, proxy["deploy"]["resources"]["limits"]["memory"])
     assert not problems, "\n".join(problems)
+    result = envoy_validate(project / "deploy" / "compose" / "envoy.yaml")
+    assert result.returncode == 0, f"envoy --mode validate:\n{result.stdout}"
 
 
 # --- Negative controls: each validator rejects a rendered file with one mistake -----------------
@@ -584,6 +642,21 @@ def test_drain_budget_check_catches_slow_envoy_health_checks(
     del cluster["health_checks"][0]["no_traffic_interval"]
     problems = envoy_problems(slow, answers_of(project))
     assert any("drain delay" in p for p in problems) and any("no_traffic" in p for p in problems)
+
+
+def test_edge_check_catches_unbounded_headers_and_repeated_retries(
+    rendered: Callable[[Combination], Path],
+) -> None:
+    project = rendered(example("compose", "fastapi"))
+    config = yaml.safe_load((project / "deploy/compose/envoy.yaml").read_text())
+    for node in walk(config):
+        for key in ("request_headers_timeout", "max_request_headers_kb", "retry_budget"):
+            node.pop(key, None)
+        if "retry_policy" in node:
+            node["retry_policy"]["num_retries"] = 3
+    problems = "\n".join(envoy_edge_problems(config))
+    for expected in ("size of request headers", "slow senders", "not once", "retry_budget"):
+        assert expected in problems, problems
 
 
 def test_envoy_rejects_an_unknown_field(mutable: Callable[[Combination], Path]) -> None:
@@ -925,7 +998,7 @@ def test_image_builds_runs_and_stops_cleanly(
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert response.status == 200
         compose = yaml.safe_load((project / "deploy/compose/compose.yaml").read_text())
-        (service,) = compose["services"].values()
+        service = compose["services"][answers["project_slug"]]
         exit_code = stop_exit_code(podman_env, name, int(seconds(service["stop_grace_period"])))
         assert exit_code == 0, podman(podman_env, "logs", name, check=False)[-4000:]
 

@@ -196,13 +196,13 @@ REFUSALS = [
     pytest.param(
         {"deployment": "compose", "drain_delay_seconds": "-1"},
         ["question 'drain_delay_seconds'", "-1 is out of range"],
-        ["0 to 300 seconds"],
+        ["3 to 300 seconds"],
         id="drain_delay_seconds-negative",
     ),
     pytest.param(
         {"deployment": "compose", "drain_delay_seconds": "301"},
         ["301 is out of range"],
-        ["0 to 300 seconds"],
+        ["3 to 300 seconds", "Envoy"],
         id="drain_delay_seconds-too-big",
     ),
     pytest.param(

@@ -78,12 +78,14 @@ def test_every_variable_the_template_uses_is_a_question(template: Path) -> None:
     # The same extensions copier loads: its own, Ansible's filters and the template's.
     sys.path.insert(0, str(template / "extensions"))
     from names import NamesExtension
+    from setup import SetupExtension
 
     environment = jinja2.Environment(
         extensions=[
             "jinja2_ansible_filters.AnsibleCoreFiltersExtension",
             YieldExtension,
             NamesExtension,
+            SetupExtension,
         ],
         autoescape=False,
     )

@@ -15,12 +15,27 @@ from conftest import OutputLog, service_env
 SCENARIOS = Path(__file__).with_name("runtime_scenarios.py")
 
 
+def logged_events(output: OutputLog, name: str) -> list[dict[str, Any]]:
+    """Every JSON log event called ``name`` in ``output`` so far, in order."""
+    found = []
+    for line in list(output.lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == name:
+            found.append(event)
+    return found
+
+
 class Scenario:
     """One scenario process; its stdout holds one JSON event per line, stderr raw dumps."""
 
+    script = SCENARIOS  # the program to run; subclasses run others
+
     def __init__(self, *args: str, **settings: object) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(SCENARIOS), *args],
+            [sys.executable, str(self.script), *args],
             env=service_env(**settings),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -33,15 +48,7 @@ class Scenario:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """Every logged event called ``name`` so far, in order."""
-        found = []
-        for line in list(self.stdout.lines):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == name:
-                found.append(event)
-        return found
+        return logged_events(self.stdout, name)
 
     def wait_event(self, name: str, timeout: float = 15.0) -> dict[str, Any]:
         """The first event called ``name``; fails the test at the deadline."""

@@ -5,11 +5,23 @@ Business code needs only what is exported here; the transports use the submodule
 
 from .context import current_request_id
 from .logging import get_logger
-from .offload import OffloadRejected, OffloadTimeout, WorkerCrashed, offload, offload_sync
+from .offload import (
+    OffloadCancelled,
+    OffloadError,
+    OffloadRejected,
+    OffloadTimeout,
+    WorkAborted,
+    WorkerCrashed,
+    offload,
+    offload_sync,
+)
 
 __all__ = [
+    "OffloadCancelled",
+    "OffloadError",
     "OffloadRejected",
     "OffloadTimeout",
+    "WorkAborted",
     "WorkerCrashed",
     "current_request_id",
     "get_logger",

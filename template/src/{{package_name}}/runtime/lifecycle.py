@@ -234,14 +234,7 @@ class Runtime:
             use_faulthandler=settings.stall_faulthandler,
             dump_path=settings.stall_dump_file,
         )
-        self.offloader = Offloader(
-            settings.offload_executor,
-            workers=settings.offload_workers,
-            queue_size=settings.offload_queue,
-            timeout=settings.offload_timeout,
-            log_level=settings.log_level,
-            log_format=settings.log_format,
-        )
+        self.offloader = Offloader.from_settings(settings)
         self.signals = Signals()
         self.shutdown_reason: str | None = None
         self._draining_since: float | None = None

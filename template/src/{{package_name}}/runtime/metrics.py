@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 # Loop lag is small when healthy and seconds when something blocks: cover both ends.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_DURATION_BUCKETS = (
+DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
@@ -118,33 +118,11 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 LAG_WINDOW = LoopLagWindow()
 REGISTRY.register(LAG_WINDOW)
-OFFLOAD_IN_FLIGHT = Gauge(
-    "offload_in_flight", "Offloaded calls running in a worker right now.", ["executor"]
-)
-OFFLOAD_QUEUED = Gauge(
-    "offload_queued", "Offloaded calls accepted and waiting for a free worker.", ["executor"]
-)
-OFFLOAD_REJECTED = Counter(
-    "offload_rejected",
-    "Offloaded calls rejected at once because workers and queue were full.",
-    ["executor"],
-)
-OFFLOAD_DURATION = Histogram(
-    "offload_duration_seconds",
-    "Time from submission to result of offloaded calls, by outcome.",
-    ["executor", "outcome"],
-    buckets=_DURATION_BUCKETS,
-)
-OFFLOAD_WORKER_CRASHES = Counter(
-    "offload_worker_crashes",
-    "Offload worker processes that died (killed, crashed, or replaced after a timeout).",
-    ["reason"],
-)
 REQUEST_DURATION = Histogram(
     "request_duration_seconds",
     "Request handling time by method (route or RPC) and status.",
     ["method", "status"],
-    buckets=_DURATION_BUCKETS,
+    buckets=DURATION_BUCKETS,
 )
 REQUESTS_IN_FLIGHT = Gauge(
     "requests_in_flight", "RPCs accepted by the server and not finished yet, by method.", ["method"]

@@ -1,0 +1,182 @@
+"""Who gets a worker: a bounded queue, the slots in use, and which calls are not worth starting.
+
+At most ``capacity`` calls hold a place at a time, queued or running. A place is given back when
+its worker is free again, not when the caller stops waiting: a thread that runs on after its
+caller gave up still holds its place, so the pool never promises more than it has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from .errors import OffloadRejected
+from .job import Job
+
+# How many recent runs of a function its best-case duration is taken from. The fastest of them,
+# not an average: a call is refused only if it could not finish even at that speed, so a slow
+# call with a big input never gets a later small one refused.
+_RECENT_RUNS = 16
+
+
+class Admission:
+    """The queue and slot counts of one pool; every method is safe from any thread."""
+
+    def __init__(self, workers: int, queue_size: int, min_remaining: float) -> None:
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self.min_remaining = min_remaining
+        self.lock = threading.Lock()
+        self.job_ready = threading.Condition(self.lock)  # workers wait here
+        self.changed = threading.Condition(self.lock)  # the deadline keeper waits here
+        self._queue: deque[Job] = deque()
+        self._running: set[Job] = set()
+        self._recent: dict[str, deque[float]] = {}
+        self.admitted = 0
+        self.accepting = False
+        self.closed = False
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def admit(self, job: Job) -> None:
+        """Queue ``job``, or raise :class:`OffloadRejected` at once if there is no place."""
+        with self.lock:
+            if not self.accepting:
+                reason = "shutting down" if self.closed else "not started"
+                raise OffloadRejected(f"the offloader is {reason}")
+            if self.admitted >= self.capacity:
+                raise OffloadRejected(
+                    f"all {self.workers} offload workers are busy and "
+                    f"{self.capacity - self.workers} calls are queued"
+                )
+            if job.deadline is not None and not self._can_finish_in_time(job):
+                raise OffloadRejected(
+                    f"{job.label} would not finish before its request's deadline: "
+                    f"{len(self._queue)} calls are queued for {self.workers} workers"
+                )
+            self.admitted += 1
+            self._queue.append(job)
+            self.job_ready.notify()
+            self.changed.notify()
+
+    def next_job(self) -> tuple[Job | None, list[Job]]:
+        """Block until a call is worth starting and mark it running.
+
+        Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
+        starting them (then ask again); ``(None, [])`` when the pool is closing. A call is too
+        late when its request has less time left than the floor, or than its function's fastest
+        recent run: failing it costs nothing, starting it would cost a worker killed at the
+        deadline.
+        """
+        too_late: list[Job] = []
+        with self.lock:
+            while True:
+                while not self._queue and not self.closed and not too_late:
+                    self.job_ready.wait()
+                if not self._queue:
+                    return None, too_late
+                job = self._queue.popleft()
+                now = time.monotonic()
+                if job.deadline is not None and job.deadline - now < self._needed(job.label):
+                    self.admitted -= 1
+                    too_late.append(job)
+                    continue
+                if too_late:  # fail those first; this one goes back to the front
+                    self._queue.appendleft(job)
+                    return None, too_late
+                if not job.future.set_running_or_notify_cancel():
+                    self.admitted -= 1  # cancelled while queued: nothing to run
+                    continue
+                job.start(now)
+                self._running.add(job)
+                self.changed.notify()
+                return job, too_late
+
+    def _can_finish_in_time(self, job: Job) -> bool:
+        """Whether ``job`` can end before its deadline, judged by how fast its function ran
+        recently and how many calls are ahead of it. Refusing it now is cheaper
+        than letting it time out in the queue (or worse, be killed half-way).
+        """
+        assert job.deadline is not None
+        fastest = self._fastest(job.label)
+        if fastest is None:
+            return True  # nothing known yet: let it try
+        free = self.workers - len(self._running)
+        ahead = len(self._queue) - free + 1
+        wait = max(0, ahead) / self.workers * fastest
+        return time.monotonic() + wait + fastest + self.min_remaining <= job.deadline
+
+    def _needed(self, label: str) -> float:
+        return max(self.min_remaining, self._fastest(label) or 0.0)
+
+    def _fastest(self, label: str) -> float | None:
+        """The shortest recent run of the function, or ``None`` before its first one."""
+        recent = self._recent.get(label)
+        return min(recent) if recent else None
+
+    def withdraw(self, job: Job) -> bool:
+        """Remove a call that is still queued; ``False`` if it has started (or is gone)."""
+        with self.lock:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+            self.admitted -= 1
+            return True
+
+    def finish(self, job: Job, *, succeeded: bool) -> None:
+        """The worker that ran ``job`` is free again."""
+        with self.lock:
+            self._running.discard(job)
+            self.admitted -= 1
+            if succeeded and job.started is not None:
+                took = time.monotonic() - job.started
+                recent = self._recent.setdefault(job.label, deque(maxlen=_RECENT_RUNS))
+                recent.append(took)
+            self.changed.notify()
+
+    def close(self) -> list[Job]:
+        """Stop accepting; the queued calls are returned to be failed."""
+        with self.lock:
+            self.accepting = False
+            self.closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self.admitted -= len(dropped)
+            self.job_ready.notify_all()
+            self.changed.notify_all()
+            return dropped
+
+    def overdue(self, now: float) -> tuple[list[Job], list[Job], float | None]:
+        """Queued calls past their queue deadline (removed), running calls past their run
+        deadline, and when the next deadline falls. Call with the lock held.
+        """
+        expired_queued = [j for j in self._queue if j.queue_deadline and j.queue_deadline <= now]
+        for job in expired_queued:
+            self._queue.remove(job)
+            self.admitted -= 1
+        overdue_running = [
+            job
+            for job in self._running
+            if job.stop_reason is None and job.run_deadline and job.run_deadline <= now
+        ]
+        upcoming: Iterable[float | None] = (
+            *(job.queue_deadline for job in self._queue),
+            *(job.run_deadline for job in self._running if job.stop_reason is None),
+        )
+        deadlines = [t for t in upcoming if t is not None and t > now]
+        return expired_queued, overdue_running, min(deadlines, default=None)
+
+    def oldest_running_age(self) -> float:
+        """Seconds the longest-running call has been running (0 when none runs)."""
+        with self.lock:
+            starts = [job.started for job in self._running if job.started is not None]
+        return time.monotonic() - min(starts) if starts else 0.0

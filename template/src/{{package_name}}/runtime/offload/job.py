@@ -1,0 +1,70 @@
+"""One offloaded call on its way through the pool: what to run, for whom, and until when."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def label_of(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of ``fn``, for log lines and error messages."""
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@dataclass(eq=False)
+class Job:
+    """A call accepted by the pool. Its future is the caller's; the slot is the pool's.
+
+    The two end separately: a thread that timed out has answered its caller but still holds
+    its worker until the function returns, and admission counts it until then.
+    """
+
+    fn: Callable[..., Any] | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    label: str
+    deadline: float | None  # the request's deadline (time.monotonic()), if it has one
+    queue_deadline: float | None  # dropped with OffloadTimeout if still queued then
+    run_limit: float | None  # seconds it may run once started
+    context: contextvars.Context | None = None  # thread executor: run in this copy
+    values: dict[str, str | None] = field(default_factory=dict)  # process executor: restore
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    run_deadline: float | None = None
+    stop_reason: str | None = None  # "timeout" or "cancelled" once the pool gave up on it
+    future: Future[Any] = field(default_factory=Future)
+
+    def start(self, now: float) -> None:
+        self.started = now
+        limits = [t for t in (self.deadline, self.run_limit and now + self.run_limit) if t]
+        self.run_deadline = min(limits) if limits else None
+
+    def ran_for(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+    def release(self) -> None:
+        """Drop the function and its arguments: a dropped call must not keep them alive."""
+        self.fn = None
+        self.args = ()
+        self.kwargs = {}
+        self.context = None
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> bool:
+        """Complete the caller's future unless it is already complete; ``True`` if this did."""
+        try:
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:
+            return False
+        return True
+
+    def request_values(self) -> dict[str, str]:
+        """The request-scoped values that are set, for log lines about this call."""
+        return {key: value for key, value in self.values.items() if value is not None}

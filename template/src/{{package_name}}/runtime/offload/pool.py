@@ -1,0 +1,418 @@
+"""The offload pool: admission, deadlines, cancellation and shutdown around one executor.
+
+Every call gets three limits, each enforced by the pool rather than by the waiting caller:
+
+* **queue time** (``queue_timeout``): a call still waiting for a worker then is dropped;
+* **run time** (``timeout``): counted from the moment a worker starts it, never from submission,
+  so time spent queued does not eat into it;
+* **the request's deadline** (:func:`..context.current_deadline`, set by the transport): a call
+  with less time left than ``min_remaining`` (or than the function usually takes) fails without
+  being started, and a started call is stopped at the deadline.
+
+Stopping a call means killing its worker process (and starting a new one) or, for threads,
+answering the caller and abandoning the thread. The same happens when the caller goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
+
+from .. import context
+from ..logging import get_logger
+from ..stall import waiting
+from . import metrics
+from .admission import Admission
+from .cancellation import current_scope
+from .errors import OffloadCancelled, OffloadRejected, OffloadTimeout, WorkerCrashed
+from .job import Job, label_of
+from .processes import ProcessWorker, start_process_workers, stop_process_workers
+from .threads import start_worker_threads
+
+if TYPE_CHECKING:
+    from ..settings import RuntimeSettings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Executor = Literal["thread", "process"]
+
+log = get_logger(__name__)
+
+# At most one "offload_saturated" line per this many seconds: overload must not flood the log.
+_SATURATION_LOG_INTERVAL = 10.0
+
+
+class Offloader:
+    """A bounded pool of threads or processes. ``start()`` before use, ``shutdown()`` at the end."""
+
+    def __init__(
+        self,
+        executor: Executor = "thread",
+        *,
+        workers: int = 1,
+        queue_size: int = 0,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        min_remaining: float = 0.0,
+        worker_nice: int = 0,
+        log_level: str = "info",
+        log_format: str = "json",
+        start_timeout: float = 60.0,
+    ) -> None:
+        if executor not in ("thread", "process"):
+            raise ValueError(f"unknown executor {executor!r}: use 'thread' or 'process'")
+        if workers < 1 or queue_size < 0:
+            raise ValueError("workers must be >= 1 and queue_size >= 0")
+        self.executor: Executor = executor
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self.timeout = timeout
+        self.queue_timeout = queue_timeout
+        self.worker_nice = worker_nice
+        self.log_config = (log_level, log_format)
+        self.start_timeout = start_timeout
+        self.admission = Admission(workers, queue_size, min_remaining)
+        self._threads: list[threading.Thread] = []
+        self._processes: list[ProcessWorker] = []
+        self._abandoned = 0
+        self._last_saturation_log = -_SATURATION_LOG_INTERVAL
+        self._keeper = threading.Thread(
+            target=self._keep_deadlines, name="offload-deadlines", daemon=True
+        )
+        self._in_flight = metrics.IN_FLIGHT.labels(executor=executor)
+        self._queued = metrics.QUEUED.labels(executor=executor)
+        self._abandoned_gauge = metrics.ABANDONED_THREADS.labels(executor=executor)
+        self._rejected = metrics.REJECTED.labels(executor=executor)
+
+    @classmethod
+    def from_settings(cls, settings: RuntimeSettings) -> Offloader:
+        """The pool the service's settings describe."""
+        return cls(
+            settings.offload_executor,
+            workers=settings.offload_workers,
+            queue_size=settings.offload_queue,
+            timeout=settings.offload_timeout,
+            queue_timeout=settings.offload_queue_timeout,
+            min_remaining=settings.offload_min_remaining,
+            worker_nice=settings.offload_worker_nice,
+            log_level=settings.log_level,
+            log_format=settings.log_format,
+        )
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        """Worker slots busy now (abandoned threads included)."""
+        return self.admission.running
+
+    @property
+    def queued(self) -> int:
+        """Calls accepted and waiting for a free worker."""
+        return self.admission.queued
+
+    @property
+    def abandoned(self) -> int:
+        """Threads still running a call whose caller was answered already."""
+        return self._abandoned
+
+    @property
+    def closed(self) -> bool:
+        return self.admission.closed
+
+    def _update_gauges(self) -> None:
+        self._in_flight.set(self.admission.running)
+        self._queued.set(self.admission.queued)
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every worker and wait until each has answered (readiness waits for this)."""
+        if self.admission.accepting or self.admission.closed:
+            return
+        if self.executor == "process":
+            self._processes = start_process_workers(self)
+        else:
+            self._threads = start_worker_threads(self)
+        self._keeper.start()
+        labels = {"executor": self.executor}
+        metrics.WORKERS.labels(**labels).set(self.workers)
+        metrics.RUN_LIMIT.labels(**labels).set(self.timeout or 0)
+        metrics.OLDEST_RUNNING.labels(**labels).set_function(self.admission.oldest_running_age)
+        with self.admission.lock:
+            self.admission.accepting = True
+        log.info(
+            "offload_started",
+            executor=self.executor,
+            workers=self.workers,
+            capacity=self.capacity,
+            timeout=self.timeout,
+            queue_timeout=self.queue_timeout,
+            worker_pids=[worker.pid for worker in self._processes] or None,
+        )
+
+    def shutdown(self, grace: float) -> None:
+        """Reject new calls, fail queued ones, give running ones ``grace`` seconds, then stop."""
+        if self.admission.closed:
+            return
+        dropped = self.admission.close()
+        for job in dropped:
+            job.release()
+            job.settle(error=OffloadRejected("the service is shutting down"))
+        self._update_gauges()
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        unfinished = [thread.name for thread in self._threads if thread.is_alive()]
+        stop_process_workers(self._processes, lambda: deadline - time.monotonic())
+        self._keeper.join(1.0)
+        log.info(
+            "offload_stopped",
+            executor=self.executor,
+            cancelled_queued=len(dropped),
+            unfinished=unfinished or None,
+        )
+
+    # -- calling -----------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` in a worker and await its result.
+
+        If the awaiting task is cancelled, the call is dropped (queued) or stopped (running).
+        """
+        job = self._submit(fn, args, kwargs)
+        try:
+            return cast(T, await asyncio.wrap_future(job.future))
+        except asyncio.CancelledError:
+            self.abandon(job)
+            raise
+
+    async def run_with_timeout(
+        self,
+        timeout: float | None,  # noqa: ASYNC109 - it also bounds the worker, not just the wait
+        fn: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Like :meth:`run`, within ``timeout`` seconds from now (queue and run together)."""
+        with context.deadline_after(timeout):
+            return await self.run(fn, *args, **kwargs)
+
+    def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Blocking :meth:`run`, for synchronous code (gRPC sync handlers).
+
+        Inside :func:`.cancellation.cancel_scope`, cancelling the scope stops the call.
+        """
+        job = self._submit(fn, args, kwargs)
+        scope = current_scope()
+        if scope is not None:
+            scope.track(self, job)
+        try:
+            with waiting():
+                return cast(T, job.future.result())
+        finally:
+            if scope is not None:
+                scope.untrack(job)
+
+    def run_sync_with_timeout(
+        self, timeout: float | None, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Blocking :meth:`run_with_timeout`."""
+        with context.deadline_after(timeout):
+            return self.run_sync(fn, *args, **kwargs)
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Job:
+        label = label_of(fn)
+        now = time.monotonic()
+        deadline = context.current_deadline()
+        if deadline is not None and deadline - now < self.admission.min_remaining:
+            metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
+            raise OffloadTimeout(
+                f"{label} was not started: the request has {max(0.0, deadline - now):.3f} s "
+                f"left, less than the {self.admission.min_remaining} s floor"
+            )
+        queue_limits = [t for t in (deadline, self.queue_timeout and now + self.queue_timeout) if t]
+        job = Job(
+            fn,
+            args,
+            dict(kwargs),
+            label,
+            deadline=deadline,
+            queue_deadline=min(queue_limits) if queue_limits else None,
+            run_limit=self.timeout,
+            values=context.snapshot(),
+            submitted=now,
+        )
+        if self.executor == "thread":
+            job.context = contextvars.copy_context()
+        try:
+            self.admission.admit(job)
+        except OffloadRejected:
+            self._rejected.inc()
+            self._note_saturation()
+            raise
+        self._update_gauges()
+        job.future.add_done_callback(lambda _: self._observe(job))
+        return job
+
+    def _note_saturation(self) -> None:
+        now = time.monotonic()
+        if now - self._last_saturation_log < _SATURATION_LOG_INTERVAL:
+            return
+        self._last_saturation_log = now
+        log.warning(
+            "offload_saturated",
+            executor=self.executor,
+            running=self.admission.running,
+            queued=self.admission.queued,
+            abandoned_threads=self._abandoned or None,
+            oldest_running_seconds=round(self.admission.oldest_running_age(), 3),
+        )
+
+    def _observe(self, job: Job) -> None:
+        future = job.future
+        if future.cancelled():
+            outcome = "cancelled"
+        else:
+            error = future.exception()
+            outcome = "ok" if error is None else _outcome(error)
+        metrics.DURATION.labels(executor=self.executor, outcome=outcome).observe(
+            time.monotonic() - job.submitted
+        )
+
+    # -- giving up on a call -----------------------------------------------------------------
+
+    def abandon(self, job: Job) -> None:
+        """The caller went away: drop ``job`` if queued, stop it if running."""
+        if self.admission.withdraw(job):
+            job.release()
+            job.settle(error=OffloadCancelled(f"the caller of {job.label} went away; dropped"))
+            metrics.CANCELLED.labels(executor=self.executor, stage="queued").inc()
+            self._update_gauges()
+            return
+        self._stop(job, "cancelled")
+
+    def _stop(self, job: Job, reason: str) -> None:
+        """Stop a running call: kill its worker process, or abandon its thread."""
+        with self.admission.lock:
+            if job.stop_reason is not None or job.future.done() or job.started is None:
+                return
+            job.stop_reason = reason
+        stage = {"executor": self.executor, "stage": "running"}
+        (metrics.TIMED_OUT if reason == "timeout" else metrics.CANCELLED).labels(**stage).inc()
+        if self.executor == "process":
+            for worker in self._processes:
+                worker.stop(job)
+            return
+        with self.admission.lock:
+            self._abandoned += 1
+            self._abandoned_gauge.set(self._abandoned)
+        job.settle(error=self._stopped_error(job, "its thread cannot be stopped and runs on"))
+        log.warning(
+            "offload_thread_abandoned",
+            function=job.label,
+            reason=reason,
+            ran_seconds=round(job.ran_for(), 3),
+            abandoned_threads=self._abandoned,
+            **job.request_values(),
+        )
+
+    def report_stopped(self, job: Job, pid: int | None) -> Exception:
+        """A process worker was killed to stop ``job``: log it; the error for its caller."""
+        metrics.KILLED.labels(executor=self.executor, reason=job.stop_reason or "").inc()
+        log.warning(
+            "offload_call_killed",
+            function=job.label,
+            reason=job.stop_reason,
+            ran_seconds=round(job.ran_for(), 3),
+            pid=pid,
+            **job.request_values(),
+        )
+        return self._stopped_error(job, f"its worker process (pid {pid}) was killed")
+
+    def _stopped_error(self, job: Job, what_happened: str) -> Exception:
+        ran = f"{job.ran_for():.3f}"
+        if job.stop_reason == "cancelled":
+            return OffloadCancelled(
+                f"the caller of {job.label} went away after {ran} s; {what_happened}"
+            )
+        return OffloadTimeout(f"{job.label} did not finish in time ({ran} s); {what_happened}")
+
+    def _keep_deadlines(self) -> None:
+        """Drop queued calls past their queue deadline; stop running calls past their run one."""
+        admission = self.admission
+        while True:
+            with admission.lock:
+                if admission.closed and not admission.running:
+                    return
+                now = time.monotonic()
+                expired, overdue, next_deadline = admission.overdue(now)
+                if not expired and not overdue:
+                    wait = None if next_deadline is None else next_deadline - now
+                    admission.changed.wait(1.0 if admission.closed else wait)
+                    continue
+            for job in expired:
+                waited = time.monotonic() - job.submitted
+                job.release()
+                job.settle(
+                    error=OffloadTimeout(
+                        f"{job.label} waited {waited:.3f} s for a free worker and was dropped"
+                    )
+                )
+                metrics.TIMED_OUT.labels(executor=self.executor, stage="queued").inc()
+            for job in overdue:
+                self._stop(job, "timeout")
+            self._update_gauges()
+
+    # -- called by the workers ---------------------------------------------------------------
+
+    def next_job(self) -> Job | None:
+        """The next call for a worker to run, or ``None`` when the pool is closing."""
+        while True:
+            job, too_late = self.admission.next_job()
+            for late in too_late:
+                late.release()
+                late.settle(
+                    error=OffloadTimeout(
+                        f"{late.label} was not started: its request had too little time left"
+                    )
+                )
+                metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
+            self._update_gauges()
+            if job is not None or not too_late:
+                return job
+
+    def complete(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """The worker that ran ``job`` is free again: give back its place, then answer the
+        caller (in that order, so a caller that calls again at once finds the place free).
+        """
+        self.admission.finish(job, succeeded=error is None and job.stop_reason is None)
+        if self.executor == "thread" and job.stop_reason is not None:
+            with self.admission.lock:
+                self._abandoned -= 1
+                self._abandoned_gauge.set(self._abandoned)
+            log.info(
+                "offload_abandoned_thread_returned",
+                function=job.label,
+                ran_seconds=round(job.ran_for(), 3),
+                **job.request_values(),
+            )
+        self._update_gauges()
+        job.settle(result, error)
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, WorkerCrashed):
+        return "crashed"
+    if isinstance(error, OffloadTimeout):
+        return "timeout"
+    if isinstance(error, OffloadCancelled | OffloadRejected):
+        return "cancelled"
+    return "error"

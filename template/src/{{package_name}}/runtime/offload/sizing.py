@@ -1,0 +1,85 @@
+"""How many workers fit: the CPUs this process may really use.
+
+``os.cpu_count()`` is the host's count and the affinity mask ignores CPU quotas: a container
+limited to 2 CPUs on a 64-core node sees 64 in both. The quota lives in the cgroup: ``cpu.max``
+(cgroup v2: ``"<quota> <period>"`` or ``"max <period>"``) or ``cpu.cfs_quota_us`` and
+``cpu.cfs_period_us`` (cgroup v1, quota ``-1`` for none), on this process's cgroup or any of its
+ancestors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def affinity_cpus() -> int:
+    """CPUs the scheduler may run this process on (the affinity mask where there is one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def quota_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
+    """The tightest CPU quota on this process's cgroups, in CPUs; ``None`` if there is none."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: one unified hierarchy
+            quotas += _quotas(root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            for mount in (root / controllers, root / "cpu", root / "cpu,cpuacct"):
+                if mount.is_dir():
+                    quotas += _quotas(mount, path, _v1_quota)
+                    break
+    return min(quotas, default=None)
+
+
+def _quotas(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """Quotas along ``path`` from the mount up; inside a container the path may not exist
+    under the mount (its own cgroup is the mount's root), so the root itself is read too.
+    """
+    directory = mount / path.lstrip("/")
+    within = [d for d in (directory, *directory.parents) if d == mount or mount in d.parents]
+    return [quota for quota in map(read, within) if quota is not None]
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> int:
+    """Whole CPUs this process may use: the affinity mask, capped by the cgroup quota (a
+    fraction rounds up: 1.5 CPUs of quota keep two workers busy half the time each).
+    """
+    cpus = affinity_cpus()
+    quota = quota_cpus(root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus

@@ -1,0 +1,44 @@
+"""The thread executor: worker threads that run each call in a copy of its caller's context.
+
+A thread cannot be killed. When its caller goes away or its time runs out, the caller is
+answered at once and the thread is *abandoned*: it runs on until the function returns, still
+holding its place in the pool (admission counts it), and ``offload_abandoned_threads`` shows it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .errors import contained
+
+if TYPE_CHECKING:
+    from .pool import Offloader
+
+
+def start_worker_threads(pool: Offloader) -> list[threading.Thread]:
+    threads = [
+        threading.Thread(target=serve, args=(pool,), name=f"offload-thread-{index}", daemon=True)
+        for index in range(pool.workers)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def serve(pool: Offloader) -> None:
+    """Run calls until the pool closes. The service's threads are daemons: a call stuck past
+    the shutdown grace cannot keep the process from exiting.
+    """
+    while (job := pool.next_job()) is not None:
+        assert job.fn is not None
+        assert job.context is not None
+        result: object = None
+        failure: BaseException | None = None
+        try:
+            result = job.context.run(job.fn, *job.args, **job.kwargs)
+        except BaseException as error:  # handed to the caller; SystemExit must not end us
+            failure = contained(error, job.label)
+        job.release()
+        pool.complete(job, result, failure)
+        del job, result, failure
