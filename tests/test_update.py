@@ -80,15 +80,22 @@ def generate(
     return output
 
 
-def fresh_lock(pyproject: Path) -> bytes:
-    """The uv.lock a fresh generation makes for this pyproject.toml, made once per content."""
-    digest = hashlib.sha256(pyproject.read_bytes()).hexdigest()[:16]
+def fresh_lock(pyproject: Path, preferred: bytes | None = None) -> bytes:
+    """The uv.lock that locking this pyproject.toml makes, made once per content.
+
+    With ``preferred`` (the lock the project had before the update), uv keeps the versions it
+    names wherever the new pyproject still allows them, as the update does: a template update
+    never upgrades the project's dependencies by itself (`uv lock --upgrade` does that).
+    """
+    digest = hashlib.sha256(pyproject.read_bytes() + (preferred or b"")).hexdigest()[:16]
     scratch = CACHE / "fresh-locks" / digest
 
     def build() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         shutil.copyfile(pyproject, scratch / "pyproject.toml")
+        if preferred is not None:
+            (scratch / "uv.lock").write_bytes(preferred)
         run([uv(), "lock", "--quiet"], cwd=scratch)
 
     once(CACHE / "fresh-locks" / f"{digest}.done", build)
@@ -143,6 +150,7 @@ def test_update_from_release_equals_fresh_generation(
     env = user_env(combination)
     project = tmp_path / "updated"
     generate(release_repo, release.tag, combination, matrix_python, project, env)
+    locked_before = (project / "uv.lock").read_bytes()
 
     output = copier("update", "--trust", "--defaults", cwd=project, env=env)
 
@@ -154,7 +162,7 @@ def test_update_from_release_equals_fresh_generation(
         vcs_ref=newest_tag,
     )
     expected = {str(path): (fresh / path).read_bytes() for path in project_files(fresh)}
-    expected["uv.lock"] = fresh_lock(fresh / "pyproject.toml")
+    expected["uv.lock"] = fresh_lock(fresh / "pyproject.toml", preferred=locked_before)
     got = {name: (project / name).read_bytes() for name in committable_files(project)}
     assert sorted(got) == sorted(expected), (
         f"files only after the update: {sorted(set(got) - set(expected))}; "
