@@ -48,6 +48,11 @@ def test_sigterm_under_load_drops_no_request(start_service: Callable[..., Servic
         shutdown_grace=GRACE,
         offload_workers=1,
         offload_queue=VALIDATIONS + 1,
+        # Every accepted call may take the whole grace period, however slow the machine: the
+        # pool's own time limits are not what this test is about.
+        offload_timeout=GRACE,
+        offload_queue_timeout=GRACE,
+        request_budget=2 * GRACE,
         stall_threshold=1.0,
         max_body_size=LARGE_BODY,
         log_level="debug",  # probes are logged at debug level
