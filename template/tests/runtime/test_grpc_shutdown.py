@@ -41,6 +41,9 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
         max_concurrent_rpcs=1000,
         offload_workers=1,
         offload_queue=400,
+        # Every accepted call may take the whole grace period, however slow the machine.
+        offload_timeout=120,
+        offload_queue_timeout=120,
         max_message_size=LARGE_MESSAGES,
         **threads,
     )
