@@ -70,7 +70,7 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
             in_flight.append(future)
             if index == 2:
                 wait_until(lambda: accepted() == 3, 60, "the heavy RPCs to arrive")
-        wait_until(lambda: accepted() == len(in_flight), 60, "the server to accept every RPC")
+        wait_until(lambda: accepted() == len(in_flight), 180, "the server to accept every RPC")
         # However long that took, one more heavy validation, queued last, is still running
         # when the drain delay ends and the server stops.
         last = stub.Validate.future(slowest, timeout=180)

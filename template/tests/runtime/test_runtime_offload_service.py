@@ -158,13 +158,18 @@ def test_the_run_limit_stops_a_call_nobody_cancels(start: type[OffloadService]) 
     answer = service.call("regex", give_up_after=30.0, request_id="req-patient")
     assert answer["outcome"] == "timeout"
     assert "was killed" in answer["message"]
+    # The caller is answered first; the kill is logged once the worker is gone.
+    wait_until(lambda: bool(service.events("offload_call_killed")), what="the kill's log event")
     [killed] = service.events("offload_call_killed")
     assert killed["reason"] == "timeout"
     assert killed["request_id"] == "req-patient"
     assert killed["function"].endswith(".endless_regex")
     assert killed["ran_seconds"] >= 1.0
     assert service.call("pid")["outcome"] == "ok"
-    assert service.metric("offload_timed_out_total", stage="running") == 1
+    wait_until(
+        lambda: service.metric("offload_timed_out_total", stage="running") == 1,
+        what="the timeout counted",
+    )
 
 
 def test_abandoned_threads_are_answered_counted_and_keep_their_slot(
