@@ -1,7 +1,8 @@
 """The offload pool's alert rules fire on a wedged pool and stay quiet on normal load.
 
 The evidence is the real service's own metrics: a generated project's test service
-(``tests/offload_service.py serve``) is driven into each state and scraped once a second. The
+(``tests/runtime/offload_service.py serve``) is driven into each state and scraped once a second.
+The
 recorded series go to ``promtool test rules`` with the rendered
 ``deploy/prometheus/offload-rules.yaml``; each series is continued past the recording the way
 the state continues (counters and the oldest call's age at their recorded rate, other gauges at
@@ -58,7 +59,7 @@ class ScenarioService:
         for name, value in {"host": "127.0.0.1", "port": self.port, **settings}.items():
             env[prefix[1] + name.upper()] = str(value)
         self.process = subprocess.Popen(
-            [str(python), "tests/offload_service.py", "serve"],
+            [str(python), "tests/runtime/offload_service.py", "serve"],
             cwd=project,
             env=env,
             stdout=subprocess.PIPE,
