@@ -2,8 +2,7 @@
 
 The evidence is the real service's own metrics: a generated project's test service
 (``tests/runtime/offload_service.py serve``) is driven into each state and scraped once a second.
-The
-recorded series go to ``promtool test rules`` with the rendered
+The recorded series go to ``promtool test rules`` with the rendered
 ``deploy/prometheus/offload-rules.yaml``; each series is continued past the recording the way
 the state continues (counters and the oldest call's age at their recorded rate, other gauges at
 their last value), so the rules' ``for:`` durations can elapse.

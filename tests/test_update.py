@@ -406,8 +406,8 @@ def test_changing_the_deployment_keeps_an_edited_manifest(
     project = tmp_path / "svc"
     generate(release_repo, newest_tag, combination, matrix_python, project, env)
     manifest = project / "deploy" / "kubernetes" / "deployment.yaml"
-    replace_once(manifest, "replicas: 2", "replicas: 5")
-    git("commit", "--quiet", "--all", "-m", "More replicas", cwd=project)
+    replace_once(manifest, "revisionHistoryLimit: 5", "revisionHistoryLimit: 7")
+    git("commit", "--quiet", "--all", "-m", "Longer history", cwd=project)
     # A later commit of an update must not hide the edit (it is compared with the rendering).
     append(project / "README.md", "\nNotes.\n")
     git("commit", "--quiet", "--all", "-m", "Notes", cwd=project)
@@ -416,7 +416,9 @@ def test_changing_the_deployment_keeps_an_edited_manifest(
         "update", "--trust", "--defaults", "--data=deployment=compose", cwd=project, env=env
     )
 
-    assert "replicas: 5" in manifest.read_text(encoding="utf-8"), "the edited manifest was deleted"
+    assert "revisionHistoryLimit: 7" in manifest.read_text(encoding="utf-8"), (
+        "the edited manifest was deleted"
+    )
     assert "kept     deploy/kubernetes/deployment.yaml" in output, output
     assert "git rm" in output
     assert not (project / "deploy" / "kubernetes" / "service.yaml").exists(), (
