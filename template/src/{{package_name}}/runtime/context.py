@@ -1,8 +1,13 @@
-"""Request-scoped values (request id, W3C traceparent) kept in contextvars.
+"""Request-scoped values (request id, trace context, deadline) kept in contextvars.
 
 Every log line reads them from here, and :mod:`.offload` carries them into worker threads and
-processes. Only the values named in :data:`SNAPSHOT_KEYS` cross a process boundary: a
-``contextvars.Context`` cannot be pickled, so they travel as a plain dict.
+processes. A ``contextvars.Context`` cannot be pickled, so for a worker process the request id
+and the OpenTelemetry context (``traceparent``, ``tracestate``, ``baggage``, as the configured
+propagators write them) travel as a plain dict: :func:`snapshot` and :func:`restore`.
+
+The trace context itself is OpenTelemetry's: the transports' instrumentations extract it from
+the incoming request. :func:`bind` also keeps the request's ``traceparent`` in a variable of its
+own, which a stall report can read from another thread (:func:`snapshot_of`).
 """
 
 from __future__ import annotations
@@ -14,20 +19,19 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import Context, ContextVar
 
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
 MAX_REQUEST_ID_LENGTH = 128
 
 # Letters, digits and a few separators that are safe in headers, log lines and URLs.
 _REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
-# version-traceid-parentid-flags, lowercase hex, all-zero ids are invalid (W3C Trace Context).
-_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
 # The request's deadline as a time.monotonic() value: set by the transport from the gRPC deadline
 # or the HTTP request budget, read by offload() so queued and running work stops with the caller.
 _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
-
-SNAPSHOT_KEYS = ("request_id", "traceparent")
 
 
 def new_request_id() -> str:
@@ -46,27 +50,21 @@ def accept_request_id(value: str | None) -> str:
     return new_request_id()
 
 
-def accept_traceparent(value: str | None) -> str | None:
-    """``value`` if it is a valid W3C ``traceparent`` header, otherwise ``None``."""
-    if value is None:
-        return None
-    value = value.strip().lower()
-    match = _TRACEPARENT_RE.fullmatch(value)
-    if match is None or match[1] == "ff":
-        return None
-    if set(match[2]) == {"0"} or set(match[3]) == {"0"}:
-        return None
-    return value
-
-
 def current_request_id() -> str | None:
     """The request id of the request being handled, or ``None`` outside a request."""
     return _request_id.get()
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the request being handled, if the client sent a valid one."""
+    """The W3C traceparent of the request being handled (its server span), if it has one."""
     return _traceparent.get()
+
+
+def trace_headers() -> dict[str, str]:
+    """The current OpenTelemetry context as propagation headers (``traceparent``, ...)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def current_deadline() -> float | None:
@@ -99,10 +97,12 @@ def deadline_after(seconds: float | None) -> Iterator[None]:
 
 
 @contextmanager
-def bind(request_id: str, traceparent: str | None = None) -> Iterator[None]:
-    """Make ``request_id`` (and ``traceparent``) current for the duration of the block."""
+def bind(request_id: str) -> Iterator[None]:
+    """Make ``request_id`` current for the duration of the block, and remember the trace
+    context the transport's instrumentation made current for this request.
+    """
     id_token = _request_id.set(request_id)
-    trace_token = _traceparent.set(traceparent)
+    trace_token = _traceparent.set(trace_headers().get("traceparent"))
     try:
         yield
     finally:
@@ -111,22 +111,27 @@ def bind(request_id: str, traceparent: str | None = None) -> Iterator[None]:
 
 
 def snapshot() -> dict[str, str | None]:
-    """The request-scoped values as a plain, picklable dict."""
-    return {"request_id": _request_id.get(), "traceparent": _traceparent.get()}
+    """The request id and the current trace context as a plain, picklable dict."""
+    return {"request_id": _request_id.get(), **trace_headers()}
 
 
 def snapshot_of(ctx: Context) -> dict[str, str | None]:
-    """Like :func:`snapshot`, read from another context (safe while it runs elsewhere)."""
+    """The request id and traceparent of another context (safe while it runs elsewhere)."""
     return {"request_id": ctx.get(_request_id), "traceparent": ctx.get(_traceparent)}
 
 
 @contextmanager
 def restore(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Make the values of a :func:`snapshot` current for the duration of the block."""
+    """Make the values of a :func:`snapshot` current for the duration of the block: the
+    request id, and the trace context as the parent of the spans started in it.
+    """
+    headers = {key: value for key, value in values.items() if value is not None}
     id_token = _request_id.set(values.get("request_id"))
     trace_token = _traceparent.set(values.get("traceparent"))
+    otel_token = otel_context.attach(propagate.extract(headers))
     try:
         yield
     finally:
+        otel_context.detach(otel_token)
         _traceparent.reset(trace_token)
         _request_id.reset(id_token)

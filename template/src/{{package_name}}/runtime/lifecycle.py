@@ -10,7 +10,7 @@ stall watchdog and offload pool. Every transport's ``serve()`` runs the same seq
     warm_up.result(); runtime.ready()        # SERVING, unless a signal came first
     runtime.wait_for_shutdown()              # DRAINING: readiness is false from here on
     ... drain delay, stop accepting, grace, leave the user's resources ...
-    runtime.stop(grace_left)                 # offload pool, watchdog, STOPPED
+    runtime.stop(grace_left)                 # offload pool, watchdog, STOPPED, flush spans
 
 Every method blocks; asyncio servers run the waiting ones with :func:`in_thread`.
 """
@@ -34,6 +34,7 @@ from enum import StrEnum
 from types import FrameType
 from typing import Any, TypeVar
 
+from . import tracing
 from .logging import get_logger
 from .metrics import SERVICE_READY
 from .offload import Offloader, install_offloader
@@ -241,11 +242,16 @@ class Runtime:
         self.lifecycle.add_listener(lambda state: SERVICE_READY.set(state is State.SERVING))
 
     def start(self) -> None:
-        """Warm up: the stall watchdog (and loop heartbeat), then the offload pool.
+        """Warm up: tracing, the stall watchdog (and loop heartbeat), then the offload pool.
 
         Blocks until every worker answered; :class:`StartupError` if the pool cannot start.
         """
         faulthandler.enable()  # a crash in C code still leaves a Python stack on stderr
+        try:
+            exporting = tracing.configure()
+        except tracing.TracingConfigError as error:
+            raise StartupError(str(error)) from None
+        log.info("tracing_configured", exporting=exporting)
         self.watchdog.start()
         if self.loop is not None:
             self.watchdog.watch_loop(self.loop)
@@ -303,7 +309,8 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop the offload pool (queued calls fail, running ones get what is left of the
-        grace), the watchdog, and become STOPPED. Call once the server accepts no requests.
+        grace), the watchdog, and become STOPPED; last, flush the spans not yet exported.
+        Call once the server accepts no requests.
         """
         self.request_shutdown("stopping")
         self.offloader.shutdown(self.grace_left())
@@ -311,3 +318,4 @@ class Runtime:
         self.watchdog.stop()
         self.lifecycle.transition(State.STOPPED)
         log.info("service_stopped", reason=self.shutdown_reason)
+        tracing.shutdown()

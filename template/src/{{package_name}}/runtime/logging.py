@@ -1,9 +1,10 @@
 """Structured logs: one event per line on stdout, with the request id in every line.
 
 structlog renders both its own events and records from the standard library (uvicorn, grpc,
-third-party libraries), so the output has one shape whatever produced it. The request id and
-traceparent come from :mod:`.context`, which is why a line written in an offload worker still
-names the request it belongs to.
+third-party libraries), so the output has one shape whatever produced it. The request id comes
+from :mod:`.context`, ``trace_id`` and ``span_id`` from the current OpenTelemetry span; both
+are carried into offload workers, which is why a line written there still names the request and
+the trace it belongs to.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ from typing import Any, TextIO
 
 import structlog
 import structlog.tracebacks
+from opentelemetry import trace
 from structlog.typing import EventDict, Processor
 
-from .context import current_request_id, current_traceparent
+from .context import current_request_id
 
 
 def _add_request_context(_logger: object, _method: str, event: EventDict) -> EventDict:
     request_id = current_request_id()
     if request_id is not None:
         event.setdefault("request_id", request_id)
-        traceparent = current_traceparent()
-        if traceparent is not None:
-            event.setdefault("traceparent", traceparent)
+    return event
+
+
+def _add_trace_context(_logger: object, _method: str, event: EventDict) -> EventDict:
+    """``trace_id`` and ``span_id`` of the current span, as hex, the way trace UIs show them."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event.setdefault("trace_id", trace.format_trace_id(span.trace_id))
+        event.setdefault("span_id", trace.format_span_id(span.span_id))
     return event
 
 
@@ -54,6 +62,7 @@ def configure_logging(
     """
     shared: list[Processor] = [
         _add_request_context,
+        _add_trace_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

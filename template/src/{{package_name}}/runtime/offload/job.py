@@ -34,6 +34,7 @@ class Job:
     context: contextvars.Context | None = None  # thread executor: run in this copy
     values: dict[str, str | None] = field(default_factory=dict)  # process executor: restore
     submitted: float = field(default_factory=time.monotonic)
+    submitted_ns: int = field(default_factory=time.time_ns)  # wall clock, for its span
     started: float | None = None
     run_deadline: float | None = None
     stop_reason: str | None = None  # "timeout" or "cancelled" once the pool gave up on it

@@ -20,6 +20,7 @@ from ..logging import get_logger
 from . import metrics
 from .errors import OffloadError, RemoteTraceback, WorkerCrashed
 from .job import Job
+from .spans import record_killed
 from .worker_process import worker_main
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class ProcessWorker:
     def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> BaseException | None:
         """Hand the call to the worker; the error for the caller if it cannot be sent."""
         try:
-            conn.send((job.fn, job.args, job.kwargs, job.values))
+            conn.send((job.fn, job.args, job.kwargs, job.values, job.submitted_ns))
         except (BrokenPipeError, ConnectionResetError):
             return None  # the worker is gone: noticed while waiting, like a crash
         except Exception as error:  # not picklable: tell the caller why
@@ -202,6 +203,8 @@ class ProcessWorker:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
         self.kill()
+        reason = job.stop_reason or ("shutdown" if self._pool.closed else "crash")
+        record_killed(job.label, job.submitted_ns, job.values, process.pid, reason)
         if job.stop_reason is not None:
             return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
         if self._pool.closed:

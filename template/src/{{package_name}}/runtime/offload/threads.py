@@ -11,6 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from .errors import contained
+from .spans import run_in_span
 
 if TYPE_CHECKING:
     from .pool import Offloader
@@ -36,7 +37,15 @@ def serve(pool: Offloader) -> None:
         result: object = None
         failure: BaseException | None = None
         try:
-            result = job.context.run(job.fn, *job.args, **job.kwargs)
+            result = job.context.run(
+                run_in_span,
+                job.fn,
+                job.args,
+                job.kwargs,
+                label=job.label,
+                executor="thread",
+                submitted_ns=job.submitted_ns,
+            )
         except BaseException as error:  # handed to the caller; SystemExit must not end us
             failure = contained(error, job.label)
         job.release()

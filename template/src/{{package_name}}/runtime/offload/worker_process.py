@@ -2,7 +2,8 @@
 
 The protocol over each worker's own pipe is three messages:
 
-* parent -> worker: ``(fn, args, kwargs, request_values)`` to run a call, ``None`` to exit;
+* parent -> worker: ``(fn, args, kwargs, request_values, submitted_ns)`` to run a call (the
+  request id and trace context; the wall-clock time the call was submitted), ``None`` to exit;
 * worker -> parent: ``"ready"`` once, after start-up;
 * worker -> parent: ``(status, payload, remote_traceback)`` per call, ``status`` being ``"ok"``
   (``payload`` is the result) or ``"error"`` (``payload`` is the exception).
@@ -20,10 +21,11 @@ import sys
 import traceback
 from typing import Any
 
-from .. import context
+from .. import context, tracing
 from ..logging import configure_logging
 from .errors import OffloadError, contained
 from .job import label_of
+from .spans import run_in_span
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -70,7 +72,17 @@ def worker_main(
         os.nice(nice)  # the service's event loop wins a contended CPU
     faulthandler.enable()  # a segfault leaves a Python stack on stderr
     configure_logging(log_level, log_format, fields={"worker_pid": os.getpid()})
+    # Its own tracer provider and exporter, from the environment the service was started with
+    # (already checked there). Spans are flushed after each call: a worker may be killed.
+    tracing.configure()
     conn.send("ready")
+    try:
+        _serve(conn)
+    finally:
+        tracing.shutdown()
+
+
+def _serve(conn: multiprocessing.connection.Connection) -> None:
     while True:
         try:
             message = conn.recv()
@@ -81,15 +93,19 @@ def worker_main(
             continue
         if message is None:
             return
-        fn, args, kwargs, values = message
+        fn, args, kwargs, values, submitted_ns = message
+        label = label_of(fn)
         try:
             with context.restore(values):
-                result = fn(*args, **kwargs)
+                result = run_in_span(
+                    fn, args, kwargs, label=label, executor="process", submitted_ns=submitted_ns
+                )
         except BaseException as error:  # handed to the caller; SystemExit must not end us
-            _reply(conn, "error", contained(error, label_of(fn)), error)
+            _reply(conn, "error", contained(error, label), error)
         else:
             _reply(conn, "ok", result)
         del message, fn, args, kwargs
+        tracing.flush()
 
 
 def _reply(

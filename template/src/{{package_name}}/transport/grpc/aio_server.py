@@ -31,6 +31,7 @@ from .health import AioHealth
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .settings import GrpcSettings
+from .tracing import aio_tracing_interceptor
 
 log = get_logger(__name__)
 
@@ -47,7 +48,10 @@ async def serve(settings: GrpcSettings) -> int:
     runtime.signals.install(runtime.loop)
     warm_up = asyncio.wrap_future(in_thread(runtime.start))
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(Admission(settings.max_concurrent_rpcs))],
+        interceptors=[
+            aio_tracing_interceptor(),
+            RequestInterceptor(Admission(settings.max_concurrent_rpcs)),
+        ],
         options=settings.server_options(),
     )
     health = AioHealth([])

@@ -7,7 +7,7 @@ untouched; an application RPC's handler is rebuilt around the flavour's ``handle
 1. refuses the RPC with RESOURCE_EXHAUSTED at once past ``max_concurrent_rpcs`` (``admission.py``);
 2. takes the request id from ``x-request-id`` metadata (or makes one) and sends it back in
    the trailing metadata (streamed responses: in the initial metadata too);
-3. binds it, a W3C ``traceparent`` and the client's deadline for every log line the handler
+3. binds it and the client's deadline for every log line the handler
    writes and every call it offloads (offloaded work stops at the deadline);
 4. turns an exception, or a request message that cannot be parsed, into a status
    (``errors.py``): the client gets a useful message, never internals, and the server carries on;

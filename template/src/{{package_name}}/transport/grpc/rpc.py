@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 import grpc
 from prometheus_client.metrics import Histogram
 
-from ...runtime.context import accept_request_id, accept_traceparent, bind, deadline_after
+from ...runtime.context import accept_request_id, bind, deadline_after
 from ...runtime.logging import get_logger
 from ...runtime.metrics import REQUEST_DURATION, REQUESTS_IN_FLIGHT
 from .errors import is_expected
 
 REQUEST_ID_KEY = "x-request-id"
-TRACEPARENT_KEY = "traceparent"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 # gRPC reports "no deadline" as a deadline centuries away.
 NO_DEADLINE = 10**8
@@ -50,7 +49,6 @@ class RpcRecord:
 
     method: str
     request_id: str
-    traceparent: str | None
     peer: str
     time_remaining: float | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -67,7 +65,6 @@ class RpcRecord:
         return cls(
             method=method,
             request_id=accept_request_id(_first(metadata, REQUEST_ID_KEY)),
-            traceparent=accept_traceparent(_first(metadata, TRACEPARENT_KEY)),
             peer=peer,
             time_remaining=None
             if time_remaining is None or time_remaining > NO_DEADLINE
@@ -86,7 +83,7 @@ class RpcRecord:
         """
         in_flight = REQUESTS_IN_FLIGHT.labels(method=self.method)
         with (
-            bind(self.request_id, self.traceparent),
+            bind(self.request_id),
             deadline_after(self.time_remaining),
             in_flight.track_inprogress(),
         ):

@@ -31,6 +31,7 @@ from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .settings import GrpcSettings
 from .sync_interceptors import RequestInterceptor
+from .tracing import sync_tracing_interceptor
 
 log = get_logger(__name__)
 
@@ -50,7 +51,7 @@ def serve(settings: GrpcSettings) -> int:
     handlers = AdmittedThreads(admission, settings.handler_threads)
     server = grpc.server(
         handlers,
-        interceptors=[RequestInterceptor(admission, runtime.watchdog)],
+        interceptors=[sync_tracing_interceptor(), RequestInterceptor(admission, runtime.watchdog)],
         options=settings.server_options(),
     )
     health = SyncHealth([])

@@ -16,13 +16,12 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...runtime.context import accept_request_id, accept_traceparent, bind, deadline_after
+from ...runtime.context import accept_request_id, bind, deadline_after
 from ...runtime.logging import get_logger
 from ...runtime.metrics import REQUEST_DURATION
 from .problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
-TRACEPARENT_HEADER = b"traceparent"
 CLOSE = (b"connection", b"close")
 
 # Probes and scrapes arrive every few seconds: their access log lines are debug level.
@@ -35,7 +34,7 @@ access_log = get_logger("access")
 
 
 class RequestContextMiddleware:
-    """Binds the request's id, traceparent and deadline; names the id in the response.
+    """Binds the request's id and deadline; names the id in the response.
 
     The id comes from the ``x-request-id`` header when it is well formed, otherwise a fresh
     one is made; it is in every log line written while the request is handled (offloaded
@@ -61,12 +60,11 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given_id = traceparent = None
+        given_id = None
         for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER and given_id is None:
+            if name == REQUEST_ID_HEADER:
                 given_id = value.decode("latin-1")
-            elif name == TRACEPARENT_HEADER and traceparent is None:
-                traceparent = value.decode("latin-1")
+                break
         request_id = accept_request_id(given_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode())
 
@@ -78,7 +76,7 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with bind(request_id, accept_traceparent(traceparent)), deadline_after(self.budget):
+        with bind(request_id), deadline_after(self.budget):
             await self.app(scope, receive, send_with_request_id)
 
 

@@ -1,0 +1,137 @@
+"""OpenTelemetry tracing, set up from the standard ``OTEL_*`` environment variables.
+
+The same variables ``opentelemetry-instrument`` reads configure it (``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``, ...), with
+one difference: nothing is exported unless an exporter or an OTLP endpoint is configured, so a
+service started without them never tries to reach a collector on localhost. Without an exporter no
+SDK is installed at all: the instrumentations still continue an incoming ``traceparent`` (log lines
+carry its trace id) at the cost of the API's no-op spans.
+
+The service process and each offload worker process call :func:`configure` once at start-up and
+:func:`shutdown` last, which flushes the spans still waiting in the batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+EXPORTERS = ("otlp", "console", "none")
+PROTOCOLS = ("http/protobuf", "grpc")
+GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
+# Seconds a flush may take before the spans it waits for are given up.
+FLUSH_TIMEOUT = 5.0
+
+DEFAULT_SERVICE_NAME = __name__.split(".", 1)[0].replace("_", "-")
+
+_provider: TracerProvider | None = None
+
+
+class TracingConfigError(ValueError):
+    """An ``OTEL_*`` variable has a value this service cannot use; the message says which."""
+
+
+def exporter_name(env: Mapping[str, str]) -> str:
+    """Which exporter the environment asks for: ``otlp``, ``console`` or ``none``.
+
+    ``OTEL_TRACES_EXPORTER`` decides when set; otherwise an OTLP endpoint means ``otlp`` and its
+    absence ``none`` (the SDK's own default would be ``otlp`` to localhost).
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "none"
+    chosen = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not chosen:
+        endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        return "otlp" if any(env.get(name, "").strip() for name in endpoints) else "none"
+    if chosen not in EXPORTERS:
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER={chosen!r} is not supported; use one of {', '.join(EXPORTERS)}"
+        )
+    return chosen
+
+
+def protocol(env: Mapping[str, str]) -> str:
+    """The OTLP protocol: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, ``..._PROTOCOL`` or HTTP."""
+    chosen = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if chosen not in PROTOCOLS:
+        raise TracingConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={chosen!r} is not supported; use one of "
+            f"{', '.join(PROTOCOLS)}"
+        )
+    return chosen
+
+
+def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
+    name = exporter_name(env)
+    if name == "none":
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if protocol(env) == "grpc":
+        try:
+            # Installed with the gRPC transports only.
+            module = importlib.import_module(GRPC_EXPORTER)
+        except ImportError:
+            raise TracingConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc, "
+                "which is not installed; use http/protobuf or add the package"
+            ) from None
+        grpc_exporter: SpanExporter = module.OTLPSpanExporter()
+        return grpc_exporter
+    return OTLPSpanExporter()
+
+
+def resource() -> Resource:
+    """``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME``, plus this process's pid.
+
+    The service is named after its package unless the environment names it.
+    """
+    found = Resource.create({"process.pid": os.getpid()})
+    if str(found.attributes.get("service.name", "")).startswith("unknown_service"):
+        found = found.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
+    return found
+
+
+def configure(env: Mapping[str, str] | None = None) -> bool:
+    """Install the SDK as the global tracer provider if an exporter is configured.
+
+    ``True`` if spans will be exported. Once per process: later calls change nothing. The
+    sampler comes from ``OTEL_TRACES_SAMPLER`` (and ``_ARG``), the batching from ``OTEL_BSP_*``.
+    Raises :class:`TracingConfigError` for a value it cannot use.
+    """
+    global _provider  # noqa: PLW0603 - one provider per process, like the API's own global
+    if _provider is not None:
+        return True
+    exporter = _exporter(os.environ if env is None else env)
+    if exporter is None:
+        return False
+    provider = TracerProvider(resource=resource())
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return True
+
+
+def flush() -> None:
+    """Export the spans ended so far (an offload worker does this after each call)."""
+    if _provider is not None:
+        _provider.force_flush(int(FLUSH_TIMEOUT * 1000))
+
+
+def shutdown() -> None:
+    """Flush what is left and stop exporting: the last step of a process's shutdown."""
+    global _provider  # noqa: PLW0603
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None

@@ -1,0 +1,29 @@
+"""Server spans for application RPCs, from OpenTelemetry's gRPC instrumentation.
+
+The interceptor extracts the caller's W3C trace context (``traceparent``, ``baggage`` metadata)
+and makes the RPC's span current while the handler runs. It goes first in the server's list, so
+everything after it (request id, access log, offloaded work) runs inside the span. Health checks
+and reflection, polled every few seconds, are not traced.
+"""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, server_interceptor
+
+from .rpc import is_observed
+
+
+def _traced(details: grpc.HandlerCallDetails) -> bool:
+    return is_observed(details.method)
+
+
+def sync_tracing_interceptor() -> grpc.ServerInterceptor:
+    interceptor: grpc.ServerInterceptor = server_interceptor(filter_=_traced)
+    return interceptor
+
+
+def aio_tracing_interceptor() -> grpc.aio.ServerInterceptor:
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(filter_=_traced)
+    return interceptor
