@@ -32,7 +32,7 @@ class Job:
     queue_deadline: float | None  # dropped with OffloadTimeout if still queued then
     run_limit: float | None  # seconds it may run once started
     context: contextvars.Context | None = None  # thread executor: run in this copy
-    values: dict[str, str | None] = field(default_factory=dict)  # process executor: restore
+    values: dict[str, str | None] = field(default_factory=dict)  # request id, trace context
     submitted: float = field(default_factory=time.monotonic)
     submitted_ns: int = field(default_factory=time.time_ns)  # wall clock, for its span
     started: float | None = None
@@ -67,5 +67,8 @@ class Job:
         return True
 
     def request_values(self) -> dict[str, str]:
-        """The request-scoped values that are set, for log lines about this call."""
-        return {key: value for key, value in self.values.items() if value is not None}
+        """The request id and traceparent, where set, for log lines about this call (not the
+        caller's baggage: it is the caller's to log).
+        """
+        logged = ("request_id", "traceparent")
+        return {key: value for key in logged if (value := self.values.get(key)) is not None}
