@@ -215,7 +215,24 @@ def regenerate(uv: list[str] | None, is_grpc: bool) -> list[str]:
         ready = not (pending or protos_conflicted)
         if not (ready and run_step(step, [*uv, "sync", *reinstall_project()], quiet=True)):
             pending.append("uv sync")
+            if not protos_conflicted:
+                generate_in_current_environment()
     return pending
+
+
+def generate_in_current_environment() -> None:
+    """The gRPC code from the merged .proto files, with the environment the project has now.
+
+    For when ``uv sync`` cannot build the project yet (most often: a conflict in pyproject.toml).
+    The code must not be missing meanwhile: an update from a release that committed it deletes
+    it (it was in that release's rendering, and is not in the new one). The environment has the
+    generator (the dev group); ``uv sync`` makes the code again once the user has resolved.
+    """
+    environment = Path(os.environ.get("UV_PROJECT_ENVIRONMENT", ".venv"))
+    python = environment / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if python.is_file():
+        step = "generating the gRPC code from proto/ (scripts/protos.py)"
+        run_step(step, [str(python), "scripts/protos.py"], quiet=True)
 
 
 def reinstall_project() -> list[str]:
