@@ -263,9 +263,16 @@ def test_update_from_release_keeps_every_user_edit(
     project = tmp_path / "svc"
     generate(release_repo, release.tag, SCENARIO, matrix_python, project, env)
     survivors = edit_like_a_user(project, env)
+    # The user's environment is the project's own .venv here: the update must leave it usable.
+    own_venv = {name: value for name, value in env.items() if name != "UV_PROJECT_ENVIRONMENT"}
+    run([uv(), "venv", "--quiet", ".venv"], cwd=project, env=own_venv)
 
-    output = copier("update", "--trust", "--defaults", cwd=project, env=env)
+    output = copier("update", "--trust", "--defaults", cwd=project, env=own_venv)
 
+    venv = project / ".venv"
+    assert not venv.exists() or (venv / "pyvenv.cfg").is_file(), (
+        f".venv is left broken (uv would install into the Python it links to): {output}"
+    )
     assert_survive(project, survivors)
     both_changed = changed_by_template(
         release_repo, release.tag, newest_tag, matrix_python, tmp_path
