@@ -250,11 +250,6 @@ def changed_by_template(repo: Path, old: str, new: str, python: str, scratch: Pa
     }
 
 
-@pytest.mark.xfail(
-    reason="open in issue 13: after the 0.2.0 merges the updated project's gRPC code is not "
-    "rebuilt (documents_pb2_grpc.py missing); under investigation",
-    strict=False,
-)
 @pytest.mark.parametrize("release", releases(), ids=lambda release: release.version)
 def test_update_from_release_keeps_every_user_edit(
     release: Release,
@@ -268,9 +263,16 @@ def test_update_from_release_keeps_every_user_edit(
     project = tmp_path / "svc"
     generate(release_repo, release.tag, SCENARIO, matrix_python, project, env)
     survivors = edit_like_a_user(project, env)
+    # The user's environment is the project's own .venv here: the update must leave it usable.
+    own_venv = {name: value for name, value in env.items() if name != "UV_PROJECT_ENVIRONMENT"}
+    run([uv(), "venv", "--quiet", ".venv"], cwd=project, env=own_venv)
 
-    output = copier("update", "--trust", "--defaults", cwd=project, env=env)
+    output = copier("update", "--trust", "--defaults", cwd=project, env=own_venv)
 
+    venv = project / ".venv"
+    assert not venv.exists() or (venv / "pyvenv.cfg").is_file(), (
+        f".venv is left broken (uv would install into the Python it links to): {output}"
+    )
     assert_survive(project, survivors)
     both_changed = changed_by_template(
         release_repo, release.tag, newest_tag, matrix_python, tmp_path
@@ -287,6 +289,10 @@ def test_update_from_release_keeps_every_user_edit(
     )
     assert git("ls-files", "--", "*_pb2*", cwd=project) == "", "generated code is still tracked"
     assert git("check-ignore", str(generated.relative_to(project)), cwd=project).strip()
+    # Made from the merged .proto files even while a conflict in pyproject.toml (0.2.0's version
+    # ranges next to the user's dependency) keeps `uv sync` from building the project.
+    python = Path(env["UV_PROJECT_ENVIRONMENT"]) / "bin" / "python"
+    run([python, "scripts/protos.py", "--check"], cwd=project)
 
 
 # --- A next release that changes what the user changed ------------------------------------------
