@@ -21,12 +21,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from combinations import REPO, Combination, combinations
+from combinations import REPO, Combination, every_pair_of
 from packaging.version import Version
 from releases import Release, release_repository, releases
 from support import CACHE, git, git_env, once, project_files, render, run, uv
 
-UPDATES = [(release, combination) for release in releases() for combination in combinations()]
+# Which files a project has, and so what an update must merge, depends on the transport and
+# the deployment; the executor answer changes one default and a README line. Every pair of the
+# first two is updated, with the executor's values taking turns among them.
+UPDATES = [
+    (release, combination)
+    for release in releases()
+    for combination in every_pair_of("transport", "deployment")
+]
 CONFLICT_START = "<<<<<<< before updating"
 SCENARIO = Combination(
     (("transport", "grpc_aio"), ("executor", "thread"), ("deployment", "kubernetes"))
@@ -131,7 +138,7 @@ def replace_once(path: Path, old: str, new: str) -> None:
     path.write_text(content.replace(old, new, 1), encoding="utf-8")
 
 
-# --- Every release x every combination, without user edits -------------------------------------
+# --- Every release x every transport and deployment, without user edits ----------------------
 
 
 @pytest.mark.matrix
