@@ -20,7 +20,7 @@ from pathlib import Path
 from conftest import PACKAGE, OutputLog, ServiceProcess
 
 PROGRAM = Path(__file__).resolve()
-# The manifests' livenessProbe timeoutSeconds (deploy/kubernetes/deployment.yaml).
+# The Kubernetes manifest's livenessProbe timeoutSeconds.
 PROBE_TIMEOUT = 3.0
 
 
