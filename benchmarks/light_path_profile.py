@@ -45,7 +45,7 @@ def main() -> int:
     package = answer(args.project, "package_name")
     os.environ.setdefault(f"{package.upper()}_OFFLOAD_WORKERS", "1")
     # The harness runs requests back to back: a stall report would be about the harness.
-    os.environ.setdefault(f"{package.upper()}_STALL_THRESHOLD", "600")
+    os.environ.setdefault(f"{package.upper()}_STALL_THRESHOLD", "60")
     sys.path.insert(0, str(args.project / "src"))
 
     generated = _generated_app(package)

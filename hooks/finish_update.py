@@ -10,7 +10,9 @@ from the project's directory. In order:
    changed) that the user had edited are restored and reported. "Edited" compares the last
    commit with the previous template version rendered with the previous answers.
 3. Generated files are made again from the merged sources: the gRPC code (untracked build
-   artifacts since 0.2.0; projects from older releases tracked them) and uv.lock.
+   artifacts since 0.2.0; projects from older releases tracked them) and uv.lock. While a
+   conflict in pyproject.toml stops ``uv sync``, the gRPC code is made by the build's generator
+   alone. A .venv the update broke is removed first.
 4. Every file with a conflict or a ``.rej`` is listed, with the commands that finish the update.
 """
 
@@ -215,7 +217,45 @@ def regenerate(uv: list[str] | None, is_grpc: bool) -> list[str]:
         ready = not (pending or protos_conflicted)
         if not (ready and run_step(step, [*uv, "sync", *reinstall_project()], quiet=True)):
             pending.append("uv sync")
+            if not protos_conflicted:
+                generate_without_the_project(uv)
     return pending
+
+
+def generate_without_the_project(uv: list[str]) -> None:
+    """The gRPC code from the merged .proto files while ``uv sync`` cannot build the project.
+
+    Most often pyproject.toml has a conflict. The code must not be missing meanwhile: an update
+    from a release that committed it has deleted it (it was in that release's rendering, not in
+    the new one). The generator is the one the project builds with, in an environment of its own;
+    ``uv sync`` makes the code again once the conflicts are resolved.
+    """
+    pyproject = Path("pyproject.toml")
+    # While it has a conflict: the template's side of it (copier puts it at stage 3 of the index).
+    text = blob(":3", "pyproject.toml") if has_conflict(pyproject) else None
+    text = text or pyproject.read_bytes()
+    try:
+        requires = tomllib.loads(text.decode())["build-system"]["requires"]
+    except (tomllib.TOMLDecodeError, KeyError):
+        return
+    generator = [f"--with={requirement}" for requirement in requires]
+    command = [*uv, "run", "--no-project", "--isolated", *generator, "python", "scripts/protos.py"]
+    run_step("generating the gRPC code from proto/ (scripts/protos.py)", command, quiet=True)
+
+
+def remove_broken_environment() -> None:
+    """Remove what an update from 0.1.0 leaves of the project's .venv.
+
+    That release's hook ran uv in copier's temporary copy of the old version, which so had a
+    .venv; copier deletes from the project what the old copy had and the new one has not, so the
+    .venv loses its files (pyvenv.cfg included) but keeps its symlinks to the Python it was made
+    with. uv would take that Python for the environment and install into it; once removed, the
+    environment is made again by ``uv sync``.
+    """
+    venv = Path(".venv")
+    if venv.is_dir() and not venv.is_symlink() and not (venv / "pyvenv.cfg").exists():
+        shutil.rmtree(venv)
+        say("removed .venv, which the update left broken: `uv sync` makes it again")
 
 
 def reinstall_project() -> list[str]:
@@ -257,6 +297,7 @@ def finish(is_grpc: bool) -> None:
         base.remove()
     if is_grpc:
         untrack_generated_code()
+    remove_broken_environment()
     pending = regenerate(uv_command(), is_grpc)
     report(kept, pending)
 

@@ -107,5 +107,23 @@ def covering_set() -> list[Combination]:
     return list(dict.fromkeys(picked))
 
 
+def every_pair_of(first: str, second: str) -> list[Combination]:
+    """One combination for each pair of values of two axes; the other axes' values take turns."""
+    names = list(axes())
+    pairs = itertools.product(axes()[first], axes()[second])
+    picked = []
+    for turn, (one, other) in enumerate(pairs):
+        chosen = {first: one, second: other}
+        picked.append(
+            Combination(
+                tuple(
+                    (name, chosen.get(name) or axes()[name][turn % len(axes()[name])])
+                    for name in names
+                )
+            )
+        )
+    return picked
+
+
 if __name__ == "__main__":
     print(json.dumps([combination.id for combination in combinations()]))

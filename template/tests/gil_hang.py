@@ -26,7 +26,7 @@ class HangingService(ServiceProcess):
     """The service, run by this module, hanging once ``trigger`` exists."""
 
     def __init__(self, env: dict[str, str], trigger: Path) -> None:
-        super().__init__({**env, "GIL_HANG_TRIGGER": str(trigger)}, program=PROGRAM)
+        self._start([str(PROGRAM)], {**env, "GIL_HANG_TRIGGER": str(trigger)})
 
 
 def hang_when_triggered(trigger: str) -> None:

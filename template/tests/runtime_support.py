@@ -18,7 +18,7 @@ class Scenario(ServiceProcess):
     script = SCENARIOS  # the program to run; subclasses run others
 
     def __init__(self, *args: str, **settings: object) -> None:
-        super().__init__(service_env(**settings), list(args), program=self.script)
+        self._start([str(self.script), *args], service_env(**settings))
 
     def wait_exit(self, timeout: float = 30.0) -> int:
         try:

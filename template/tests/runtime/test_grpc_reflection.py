@@ -69,7 +69,7 @@ def test_grpcio_reflection_client_resolves_the_services(
         pool = DescriptorPool(database)
         descriptor = pool.FindServiceByName(SERVICE)
         methods = {method.name: method for method in descriptor.methods}
-        assert set(methods) == {"Validate", "Ping"}
+        assert {"Validate", "Ping"} <= set(methods)  # and the RPCs a service adds
         assert methods["Validate"].input_type.fields_by_name["document_json"].type == (
             methods["Validate"].input_type.fields_by_name["document_json"].TYPE_STRING
         )

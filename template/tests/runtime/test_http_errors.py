@@ -49,7 +49,7 @@ def test_a_full_offload_pool_answers_503_with_retry_after(
 
 
 def test_an_unexpected_error_is_500_without_internals() -> None:
-    with running_http(failing_route=True) as service, service.client() as client:
+    with running_http(test_routes=True) as service, service.client() as client:
         response = client.get("/v1/test/fail", headers={"x-request-id": "bug-1"})
 
         assert response.status_code == 500

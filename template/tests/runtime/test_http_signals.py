@@ -23,7 +23,7 @@ def block_the_loop(service: HttpService) -> None:
 
 
 def test_a_second_signal_exits_at_once_while_the_loop_is_blocked() -> None:
-    with running_http(failing_route=True, drain_delay=0, offload_executor="thread") as service:
+    with running_http(test_routes=True, drain_delay=0, offload_executor="thread") as service:
         block_the_loop(service)
         service.process.signal(signal.SIGTERM)
         service.wait_event("shutdown_requested", 30)  # noticed, though the loop is blocked
@@ -34,7 +34,7 @@ def test_a_second_signal_exits_at_once_while_the_loop_is_blocked() -> None:
 
 
 def test_sigusr1_dumps_every_threads_stack_while_the_loop_is_blocked() -> None:
-    with running_http(failing_route=True, offload_executor="thread") as service:
+    with running_http(test_routes=True, offload_executor="thread") as service:
         block_the_loop(service)
         service.process.signal(signal.SIGUSR1)
         service.process.stderr.wait_for(r'File ".*http_support\.py", line \d+ in block', 30)

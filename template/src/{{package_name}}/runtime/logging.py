@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 import structlog.tracebacks
-from structlog.typing import EventDict, Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 from .context import current_request_id, current_traceparent
 
@@ -54,7 +54,7 @@ def configure_logging(
     """
     shared: list[Processor] = [
         _add_request_context,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -73,6 +73,9 @@ def configure_logging(
             ),
             structlog.processors.JSONRenderer(),
         ]
+    # The standard library's records (uvicorn, grpc, other libraries) get the same processors
+    # through a formatter; the service's own events skip the standard library altogether.
+    # That costs half as much per line, and an access log line is written for every request.
     handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -86,18 +89,22 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=lambda name="root", *_: NamedWriteLogger(output, name),
         cache_logger_on_first_use=True,
     )
 
 
-def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+def get_logger(name: str | None = None) -> FilteringBoundLogger:
     """A structured logger; ``name`` (usually ``__name__``) appears as ``logger`` in each line."""
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    logger: FilteringBoundLogger = structlog.get_logger(*([name] if name else []))
     return logger
+
+
+class NamedWriteLogger(structlog.WriteLogger):
+    """structlog's plain file logger, with the name ``add_logger_name`` puts in each line."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name

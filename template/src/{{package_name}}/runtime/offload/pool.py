@@ -169,7 +169,8 @@ class Offloader:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = [thread.name for thread in self._threads if thread.is_alive()]
         stop_process_workers(self._processes, lambda: deadline - time.monotonic())
-        self._keeper.join(1.0)
+        if self._keeper.ident is not None:  # not started if the workers failed to start
+            self._keeper.join(1.0)
         log.info(
             "offload_stopped",
             executor=self.executor,

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from ...runtime.offload import OffloadRejected, OffloadTimeout, WorkerCrashed
+from ...runtime.offload import OffloadCancelled, OffloadRejected, OffloadTimeout, WorkerCrashed
 
 
 class InvalidArgumentError(Exception):
@@ -59,6 +59,9 @@ def status_for(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]
     if isinstance(error, OffloadRejected):
         # Like HTTP 503 + Retry-After: the client may retry later, with backoff.
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the server is busy; retry later with backoff"
+    if isinstance(error, OffloadCancelled):
+        # The RPC ended first (cancelled, or its deadline passed): the client has its status.
+        return grpc.StatusCode.CANCELLED, "the call was cancelled"
     if isinstance(error, OffloadTimeout):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the work did not finish within its time limit"
     if isinstance(error, WorkerCrashed):
@@ -70,4 +73,6 @@ def status_for(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]
 
 def is_expected(error: Exception) -> bool:
     """Whether ``error`` is an ordinary outcome (logged briefly) rather than a bug (traceback)."""
-    return isinstance(error, InvalidArgumentError | OffloadRejected | OffloadTimeout)
+    return isinstance(
+        error, InvalidArgumentError | OffloadRejected | OffloadTimeout | OffloadCancelled
+    )

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import grpc
 
+from ...runtime.offload import cancel_scope
 from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
@@ -57,7 +59,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             record = begin(method, context)
-            with record.scope():
+            with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                 with watchdog.watch_handler(method, request_id=record.request_id):
@@ -75,7 +77,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             record = begin(method, context)
             context.send_initial_metadata(record.response_metadata)  # before the first message
-            with record.scope():
+            with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                 try:
@@ -85,6 +87,19 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
                 record.finish(_final_code(context))
 
         return handle
+
+
+@contextmanager
+def stopped_when_cancelled(context: grpc.ServicerContext) -> Iterator[None]:
+    """Offloaded calls made in the block stop when the RPC ends early (cancelled, deadline).
+
+    A handler thread blocked in ``offload_sync`` cannot be interrupted; gRPC's termination
+    callback cancels the scope instead, which drops a queued call or stops a worker process.
+    """
+    with cancel_scope() as scope:
+        if not context.add_callback(scope.cancel):
+            scope.cancel()  # the RPC has already ended
+        yield
 
 
 def _refuse(_request: Any, context: grpc.ServicerContext) -> None:

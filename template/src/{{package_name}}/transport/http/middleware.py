@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ...runtime.context import accept_request_id, accept_traceparent, bind, deadline_after
 from ...runtime.logging import get_logger
 from ...runtime.metrics import REQUEST_DURATION
+from .disconnect import CLIENT_CLOSED_REQUEST, was_abandoned
 from .problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -115,7 +116,8 @@ class AccessLogMiddleware:
             response = problem_response(500, "An unexpected error occurred.")
             await response(scope, receive, send_recording_status)
         finally:
-            self._record(scope, status or 500, time.perf_counter() - started)
+            unanswered = CLIENT_CLOSED_REQUEST if was_abandoned(scope) else 500
+            self._record(scope, status or unanswered, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, duration: float) -> None:
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"

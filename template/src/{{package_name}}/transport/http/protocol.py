@@ -20,6 +20,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ...runtime.logging import get_logger
+from .disconnect import abandon_handler
 
 log = get_logger(__name__)
 
@@ -57,7 +58,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
+        unfinished = cycle is not None and not cycle.response_complete
         super().connection_lost(exc)
+        if unfinished:  # the client gave up waiting: stop what it was waiting for
+            abandon_handler(cycle.scope)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
