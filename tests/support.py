@@ -258,9 +258,11 @@ def check_inputs_fingerprint(project: Path) -> str:
     files = rendered_files(project)
     inputs = [file for file in files if str(file).startswith(CHECK_INPUTS)]
     code = "\n".join(
-        (project / file).read_text(encoding="utf-8", errors="replace")
+        line
         for file in inputs
         if file.suffix == ".py"
+        for line in (project / file).read_text(encoding="utf-8", errors="replace").splitlines()
+        if not line.lstrip().startswith("#")  # a comment that names a file does not read it
     )
     inputs += [file for file in files if file not in inputs and file.name in code]
     digest = hashlib.sha256()

@@ -153,3 +153,16 @@ def test_answers_are_recorded(
     answers = yaml.safe_load((rendered(combination) / ".copier-answers.yml").read_text())
     assert {name: answers.get(name) for name in combination.data} == combination.data
     assert answers["_src_path"], "the answers file does not say where the template came from"
+
+
+def test_the_deployments_of_a_transport_and_executor_share_one_suite_run(
+    rendered: Callable[[Combination], Path],
+) -> None:
+    """The suites run once per transport and executor: a deployment that splits the inputs (a
+    test reading a manifest, or only naming one) doubles the matrix's longest checks."""
+    groups: dict[tuple[str, ...], set[str]] = {}
+    for combination in COMBINATIONS:
+        siblings = tuple(value for name, value in combination.answers if name != "deployment")
+        groups.setdefault(siblings, set()).add(check_inputs_fingerprint(rendered(combination)))
+    split = {"-".join(key): len(prints) for key, prints in groups.items() if len(prints) > 1}
+    assert not split, f"suite runs per transport and executor, where more than one: {split}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from conftest import PACKAGE, ServiceProcess
 
 PROGRAM = Path(__file__).resolve()
-# The manifests' livenessProbe timeoutSeconds (deploy/kubernetes/deployment.yaml).
+# The Kubernetes manifest's livenessProbe timeoutSeconds.
 PROBE_TIMEOUT = 3.0
 
 
