@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import PACKAGE, OutputLog, ServiceProcess
+from conftest import PACKAGE, ServiceProcess
 
 PROGRAM = Path(__file__).resolve()
 # The Kubernetes manifest's livenessProbe timeoutSeconds.
@@ -28,17 +26,7 @@ class HangingService(ServiceProcess):
     """The service, run by this module, hanging once ``trigger`` exists."""
 
     def __init__(self, env: dict[str, str], trigger: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROGRAM)],
-            env={**env, "GIL_HANG_TRIGGER": str(trigger)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.stdout = OutputLog()
-        self.stderr = OutputLog()
-        self.stdout.follow(self.process.stdout)
-        self.stderr.follow(self.process.stderr)
+        self._start([str(PROGRAM)], {**env, "GIL_HANG_TRIGGER": str(trigger)})
 
 
 def hang_when_triggered(trigger: str) -> None:

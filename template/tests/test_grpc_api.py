@@ -16,20 +16,21 @@ import pytest
 from conftest import ServiceProcess, service_env, wait_until
 from grpc_support import (
     FAIL_METHOD,
+    LARGE_MESSAGES,
     LEAK_MARKER,
     SERVICE,
     GrpcService,
+    costly_validations,
     document_costing,
     documents_pb2,
     documents_pb2_grpc,
     in_process_channel,
     start_failing_grpc,
     start_grpc,
+    start_grpc_with_one_worker,
 )
 
 FRESH_ID = re.compile(r"[0-9a-f]{32}")
-# Heavy documents are several MiB: the tests that send them raise the server's limit.
-LARGE_MESSAGES = 32 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +232,9 @@ def test_a_full_offload_pool_is_resource_exhausted(
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
         running = stub.Validate.future(heavy, timeout=60)
+        executor = service.offload_executor()
         wait_until(
-            lambda: service.metric("offload_in_flight", executor=_executor(service)) == 1,
+            lambda: service.metric("offload_in_flight", executor=executor) == 1,
             what="the heavy validation to occupy the only worker",
         )
         error = rpc_error(lambda: stub.Validate(heavy, timeout=10))
@@ -245,26 +247,11 @@ def test_a_full_offload_pool_is_resource_exhausted(
 def test_past_max_concurrent_rpcs_the_server_answers_resource_exhausted(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    service = start_grpc(
-        start_service,
-        max_concurrent_rpcs=2,
-        offload_workers=1,
-        offload_queue=1,
-        max_message_size=LARGE_MESSAGES,
-    )
-    heavy = documents_pb2.ValidateRequest(document_json=document_costing(1.0))
+    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2)
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
-        in_flight = [stub.Validate.future(heavy, timeout=60) for _ in range(2)]
-        executor = _executor(service)
-        wait_until(
-            lambda: (
-                service.metric("offload_in_flight", executor=executor)
-                + service.metric("offload_queued", executor=executor)
-                == 2
-            ),
-            what="two RPCs in flight",
-        )
+        in_flight = costly_validations(stub, 1.0, timeout=60)
+        wait_until(lambda: service.offload_calls() == 2, what="two RPCs in flight")
         error = rpc_error(lambda: stub.Ping(documents_pb2.PingRequest(), timeout=10))
         assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert all(future.result().valid for future in in_flight)
@@ -279,16 +266,12 @@ def test_other_rpcs_are_answered_while_a_heavy_validation_runs(
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
         validation = stub.Validate.future(heavy, timeout=120)
+        executor = service.offload_executor()
         wait_until(
-            lambda: service.metric("offload_in_flight", executor=_executor(service)) == 1,
+            lambda: service.metric("offload_in_flight", executor=executor) == 1,
             what="the heavy validation to start",
         )
         for _ in range(10):
             stub.Ping(documents_pb2.PingRequest(), timeout=30)
         assert not validation.done(), "the pings waited for the heavy validation"
         assert validation.result().valid
-
-
-def _executor(service: GrpcService) -> str:
-    """The offload executor the service runs (from its start-up log line)."""
-    return str(service.wait_event("offload_started")["executor"])

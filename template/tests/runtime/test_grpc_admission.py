@@ -12,23 +12,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import ServiceProcess, wait_until
-from grpc_support import SERVICE, document_costing, documents_pb2, documents_pb2_grpc, start_grpc
+from grpc_support import (
+    SERVICE,
+    costly_validations,
+    documents_pb2,
+    documents_pb2_grpc,
+    start_grpc_with_one_worker,
+)
 
-LARGE_MESSAGES = 32 * 1024 * 1024
 WATCHES = 20
 
 
 def test_a_saturated_server_still_answers_health_liveness_and_reflection(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    service = start_grpc(
-        start_service,
-        max_concurrent_rpcs=2,
-        offload_workers=1,
-        offload_queue=1,
-        max_message_size=LARGE_MESSAGES,
-    )
-    heavy = documents_pb2.ValidateRequest(document_json=document_costing(3.0))
+    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2)
     validate = f"/{SERVICE}/Validate"
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
@@ -37,7 +35,7 @@ def test_a_saturated_server_still_answers_health_liveness_and_reflection(
         watches = [health.Watch(request, timeout=60) for _ in range(WATCHES)]
         serving = health_pb2.HealthCheckResponse.SERVING
         assert all(next(watch).status == serving for watch in watches)
-        slow = [stub.Validate.future(heavy, timeout=120) for _ in range(2)]
+        slow = costly_validations(stub, 3.0, timeout=120)
         wait_until(
             lambda: service.metric("requests_in_flight", method=validate) == 2,
             what="both slow RPCs to be in flight",

@@ -24,14 +24,13 @@ from grpc_support import (
     SERVICE,
     THREADED,
     GrpcService,
-    document_costing,
+    costly_validations,
     documents_pb2,
     documents_pb2_grpc,
     launch_grpc,
     start_grpc,
+    start_grpc_with_one_worker,
 )
-
-LARGE_MESSAGES = 32 * 1024 * 1024
 
 # Python runs this at the start of every interpreter on the path. Only multiprocessing's
 # helper processes (started as ``python -c ...``) wait; the service itself runs with ``-m``.
@@ -142,26 +141,11 @@ def test_health_is_answered_while_every_handler_is_busy(
 ) -> None:
     # Two handler threads (thread-pool server), both held by validations that take seconds.
     threads: dict[str, object] = {"handler_threads": 2} if THREADED else {}
-    service = start_grpc(
-        start_service,
-        offload_workers=1,
-        offload_queue=1,
-        max_message_size=LARGE_MESSAGES,
-        **threads,
-    )
-    heavy = documents_pb2.ValidateRequest(document_json=document_costing(3.0))
+    service = start_grpc_with_one_worker(start_service, **threads)
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
-        validations = [stub.Validate.future(heavy, timeout=120) for _ in range(2)]
-        executor = str(service.wait_event("offload_started")["executor"])
-        wait_until(
-            lambda: (
-                service.metric("offload_in_flight", executor=executor)
-                + service.metric("offload_queued", executor=executor)
-                == 2
-            ),
-            what="both validations to hold a handler",
-        )
+        validations = costly_validations(stub, 3.0, timeout=120)
+        wait_until(lambda: service.offload_calls() == 2, what="both validations to hold a handler")
         assert service.health() == "SERVING"
         assert not any(validation.done() for validation in validations)
         assert all(validation.result().valid for validation in validations)

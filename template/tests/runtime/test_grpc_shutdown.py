@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ServiceProcess, wait_until
 from grpc_support import (
+    LARGE_MESSAGES,
     SERVICE,
     THREADED,
     document_costing,
@@ -24,8 +25,6 @@ from grpc_support import (
     documents_pb2_grpc,
     start_grpc,
 )
-
-LARGE_MESSAGES = 32 * 1024 * 1024
 
 
 def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(

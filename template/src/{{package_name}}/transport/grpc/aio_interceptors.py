@@ -56,48 +56,43 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
         finally:
             self.admission.leave()
 
+    @contextlib.asynccontextmanager
+    async def _observed(
+        self, method: str, request: Any, context: Context, *, metadata_first: bool
+    ) -> AsyncIterator[None]:
+        """Inside runs the handler: admitted, recorded, and whatever it raises is its status."""
+        async with self._admitted(context):
+            record = begin(method, context)
+            if metadata_first:  # the handler streams responses: the id goes ahead of them
+                await context.send_initial_metadata(record.response_metadata)
+            with record.scope():
+                if request is UNDECODABLE:
+                    await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    record.finish(_cancelled_code(context))
+                    raise
+                except Exception as error:  # every failure becomes a status
+                    await _fail(record, context, error)
+                record.finish(context.code() or grpc.StatusCode.OK)
+
     def _coroutine(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
-        admitted = self._admitted
+        observed = self._observed
 
         async def handle(request: Any, context: Context) -> Any:
-            async with admitted(context):
-                record = begin(method, context)
-                if streamed:  # the handler calls context.write(): the id goes ahead of them
-                    await context.send_initial_metadata(record.response_metadata)
-                with record.scope():
-                    if request is UNDECODABLE:
-                        await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-                    try:
-                        response = await behavior(request, context)
-                    except asyncio.CancelledError:
-                        record.finish(_cancelled_code(context))
-                        raise
-                    except Exception as error:  # every failure becomes a status
-                        await _fail(record, context, error)
-                    record.finish(context.code() or grpc.StatusCode.OK)
-                    return response
+            async with observed(method, request, context, metadata_first=streamed):
+                return await behavior(request, context)
 
         return handle
 
     def _async_generator(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        admitted = self._admitted
+        observed = self._observed
 
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with admitted(context):
-                record = begin(method, context)
-                await context.send_initial_metadata(record.response_metadata)
-                with record.scope():
-                    if request is UNDECODABLE:
-                        await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-                    try:
-                        async for response in behavior(request, context):
-                            yield response
-                    except asyncio.CancelledError:
-                        record.finish(_cancelled_code(context))
-                        raise
-                    except Exception as error:  # every failure becomes a status
-                        await _fail(record, context, error)
-                    record.finish(context.code() or grpc.StatusCode.OK)
+            async with observed(method, request, context, metadata_first=True):
+                async for response in behavior(request, context):
+                    yield response
 
         return handle
 
