@@ -91,7 +91,7 @@ def test_own_test_suite(
     project = prepared(combination)
     results = session_dir / "results"
     run_shared_check(
-        "pytest", combination, project, shared_venv, worker_cache, 600, results, record_property
+        "pytest", combination, project, shared_venv, worker_cache, 900, results, record_property
     )
 
 

@@ -53,18 +53,16 @@ def classify(evidence: Evidence) -> Cause:
     if cpu is None:
         return Cause.UNKNOWN
     runnable = max(wall - evidence.paused, 1e-9)
-    # Another thread busy is not enough (C code may run there without the GIL): the watchdog
-    # must have been kept from the GIL as well.
-    if (
-        cpu < runnable / 2
-        and evidence.other_cpu >= runnable / 2
-        and evidence.gil_starved >= runnable / 2
-    ):
-        return Cause.GIL_WAIT
     # On a crowded machine a busy thread spends much of its time waiting for a CPU; that
     # counts once the thread has also really run (a thread waking up from a wait queues too,
-    # but uses next to no CPU each time).
+    # but uses next to no CPU each time). A thread waiting for the GIL sleeps: it neither runs
+    # nor queues.
     queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
-    if cpu + queued >= runnable / 2:
+    busy = cpu + queued >= runnable / 2
+    # Another thread busy is not enough (C code may run there without the GIL): the watchdog
+    # must have been kept from the GIL as well.
+    if not busy and evidence.other_cpu >= runnable / 2 and evidence.gil_starved >= runnable / 2:
+        return Cause.GIL_WAIT
+    if busy:
         return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     return Cause.SYSCALL
