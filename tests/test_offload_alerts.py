@@ -174,6 +174,12 @@ def test_the_alerts_fire_on_a_pool_wedged_by_abandoned_threads(
     }
     with running_service(project, shared_venv / "bin" / "python", **settings) as service:
         stuck = [service.send("spin") for _ in range(2)]
+        deadline = time.monotonic() + 60
+        # Both must be running before their clients give up: a call whose client is gone
+        # before it starts is dropped, not abandoned.
+        while service.scrape().get('offload_in_flight{executor="thread"}') != 2:
+            assert time.monotonic() < deadline, "the two calls did not start within 60 s"
+            time.sleep(0.05)
         for connection in stuck:
             connection.close()  # the clients give up: both threads are abandoned
         deadline = time.monotonic() + 30
