@@ -11,7 +11,7 @@ repetitions of:
 * rejected: calls refused at once (``OffloadRejected``), timeouts (``OffloadTimeout``), and
   respawns (worker processes killed because a call ran out of time).
 
-The driver is the generated project's own test service (``tests/offload_service.py overload``),
+The driver is the generated project's own test service (``tests/runtime/offload_service.py overload``),
 the same code the overload test runs briefly. Run it with a generated project::
 
     copier copy --trust --defaults . /tmp/svc && (cd /tmp/svc && uv sync)
@@ -48,7 +48,7 @@ def run_once(project: Path, executor: str, seconds: float, nice: int) -> list[di
     result = subprocess.run(
         [
             str(project / ".venv" / "bin" / "python"),
-            "tests/offload_service.py",
+            "tests/runtime/offload_service.py",
             "overload",
             *LEVELS,
         ],
