@@ -95,6 +95,10 @@ class Front:
         return f"127.0.0.1:{self.ports['ingress']}"
 
     @property
+    def grpc(self) -> bool:
+        return str(self.answers["transport"]).startswith("grpc")
+
+    @property
     def cluster(self) -> str:
         return str(self.answers["project_slug"])
 
@@ -104,7 +108,7 @@ class Front:
             **self.env,
             f"{prefix}HOST": "127.0.0.1",
             f"{prefix}PORT": str(self.replica_ports[index]),
-            f"{prefix}METRICS_PORT": str(free_port()),
+            **({f"{prefix}METRICS_PORT": str(free_port())} if self.grpc else {}),
             f"{prefix}OFFLOAD_WORKERS": "1",
             **{prefix + name.upper(): value for name, value in settings.items()},
         }
@@ -133,6 +137,17 @@ class Front:
         wait_until(
             lambda: self.health().get(port) == "healthy", f"replica {index} healthy", self.logs
         )
+
+    def wait_in_rotation(self) -> None:
+        """Send calls through Envoy until every replica has answered one. Envoy's admin API
+        reports a replica healthy before its worker thread routes to it (up to a health-check
+        interval later); a load started in between finds a single replica."""
+
+        def all_served() -> bool:
+            request_through(self.address, self.project, self.answers, self.env)
+            return all(served_by(self, index) > 0 for index in range(len(self.replicas)))
+
+        wait_until(all_served, "every replica in rotation", self.logs)
 
     def stats(self) -> dict[str, int]:
         counters = {}
@@ -171,6 +186,7 @@ def front(
         stack.enter_context(process(envoy, log, cwd=workdir))
         for index in range(len(replicas)):
             proxy.wait_healthy(index)
+        proxy.wait_in_rotation()
         yield proxy
 
 
