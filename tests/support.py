@@ -246,6 +246,17 @@ def manifest_of(project: Path) -> Path:
 # What a project's pytest suite and mypy read: its code, tests, tools and configuration.
 CHECK_INPUTS = ("pyproject.toml", "src/", "tests/", "scripts/", "proto/")
 
+# The runtime's own tests, and everything they read: the runtime package, the helpers they
+# import or run, and pytest's configuration. They import nothing of the transports (checked by
+# test_matrix.py), so projects whose runtime is the same run them once.
+RUNTIME_TESTS = "tests/runtime/test_runtime_*.py"
+RUNTIME_TEST_HELPERS = (
+    "tests/conftest.py",
+    "tests/runtime/offload_service.py",
+    "tests/runtime_scenarios.py",
+    "tests/runtime_support.py",
+)
+
 
 def check_inputs_fingerprint(project: Path) -> str:
     """A hash of every rendered file the project's pytest suite and mypy can depend on.
@@ -265,8 +276,30 @@ def check_inputs_fingerprint(project: Path) -> str:
         if not line.lstrip().startswith("#")  # a comment that names a file does not read it
     )
     inputs += [file for file in files if file not in inputs and file.name in code]
-    digest = hashlib.sha256()
-    for file in sorted(inputs):
+    return fingerprint_of(project, inputs)
+
+
+def runtime_test_inputs(project: Path) -> list[Path]:
+    """The runtime's tests, their helpers, and the package's runtime (with its ``__init__``)."""
+
+    def read(file: Path) -> bool:
+        if file.parts[0] == "src":
+            return file.parts[2:3] == ("runtime",) or file.parts[2:] == ("__init__.py",)
+        return str(file) in RUNTIME_TEST_HELPERS or file.match(RUNTIME_TESTS)
+
+    return [file for file in rendered_files(project) if read(file)]
+
+
+def runtime_tests_fingerprint(project: Path) -> str:
+    """A hash of what the runtime's tests read, and of pytest's configuration."""
+    pytest_config = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    extra = json.dumps(pytest_config["tool"]["pytest"], sort_keys=True).encode()
+    return fingerprint_of(project, runtime_test_inputs(project), extra)
+
+
+def fingerprint_of(project: Path, files: Sequence[Path], extra: bytes = b"") -> str:
+    digest = hashlib.sha256(extra)
+    for file in sorted(files):
         digest.update(str(file).encode() + b"\0" + (project / file).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

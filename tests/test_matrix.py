@@ -9,18 +9,22 @@ configuration are byte-identical (they differ only in deployment files) share th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ast
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from combinations import Combination, combinations
+from combinations import Combination, combinations, covering_set
 from hygiene import all_problems
 from support import (
+    RUNTIME_TESTS,
     check_inputs_fingerprint,
     own_checks,
     rendered_files,
     run,
+    runtime_test_inputs,
+    runtime_tests_fingerprint,
     shared_outcome,
     tail,
     tool_env,
@@ -46,6 +50,8 @@ def run_own_check(
 
 def run_shared_check(
     name: str,
+    command: list[str],
+    inputs_fingerprint: Callable[[Path], str],
     combination: Combination,
     project: Path,
     venv: Path,
@@ -54,15 +60,14 @@ def run_shared_check(
     results: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    """Like ``run_own_check``, but combinations with identical inputs share one run.
+    """Run ``command`` in ``project``, once for all combinations with identical inputs.
 
     Combinations that differ only in files the check cannot read (deployment manifests) would
     give the same result; the first one to get here runs the check, the others report its result.
     """
-    fingerprint = check_inputs_fingerprint(project)
+    fingerprint = inputs_fingerprint(project)
 
     def compute() -> dict[str, object]:
-        command = own_checks(venv, cache)[name]
         env = tool_env(venv, mypy_cache=cache)
         result = run(command, cwd=project, env=env, timeout=timeout, check=False)
         return {"ran_in": combination.id, "status": result.returncode, "output": result.stdout}
@@ -87,11 +92,50 @@ def test_own_test_suite(
     session_dir: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    """The generated project's pytest suite passes (real servers, real signals)."""
+    """The generated project's pytest suite passes (real servers, real signals), but for the
+    runtime's own tests: test_runtime_tests runs those."""
     project = prepared(combination)
-    results = session_dir / "results"
+    command = [*own_checks(shared_venv, worker_cache)["pytest"], f"--ignore-glob=*/{RUNTIME_TESTS}"]
     run_shared_check(
-        "pytest", combination, project, shared_venv, worker_cache, 900, results, record_property
+        "pytest",
+        command,
+        check_inputs_fingerprint,
+        combination,
+        project,
+        shared_venv,
+        worker_cache,
+        900,
+        session_dir / "results",
+        record_property,
+    )
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_runtime_tests(
+    combination: Combination,
+    prepared: Callable[[Combination], Path],
+    shared_venv: Path,
+    worker_cache: Path,
+    session_dir: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The runtime's own tests pass; they run once per distinct runtime (one per executor: the
+    executor answer is the runtime's only difference between combinations)."""
+    project = prepared(combination)
+    tests = sorted(str(path.relative_to(project)) for path in project.glob(RUNTIME_TESTS))
+    assert tests, f"no tests match {RUNTIME_TESTS}"
+    command = [*own_checks(shared_venv, worker_cache)["pytest"], *tests]
+    run_shared_check(
+        "pytest-runtime",
+        command,
+        runtime_tests_fingerprint,
+        combination,
+        project,
+        shared_venv,
+        worker_cache,
+        900,
+        session_dir / "results",
+        record_property,
     )
 
 
@@ -105,10 +149,17 @@ def test_mypy(
     record_property: Callable[[str, object], None],
 ) -> None:
     """``mypy`` with the project's configuration (strict) finds nothing."""
-    project = prepared(combination)
-    results = session_dir / "results"
     run_shared_check(
-        "mypy", combination, project, shared_venv, worker_cache, 600, results, record_property
+        "mypy",
+        own_checks(shared_venv, worker_cache)["mypy"],
+        check_inputs_fingerprint,
+        combination,
+        prepared(combination),
+        shared_venv,
+        worker_cache,
+        600,
+        session_dir / "results",
+        record_property,
     )
 
 
@@ -166,3 +217,73 @@ def test_the_deployments_of_a_transport_and_executor_share_one_suite_run(
         groups.setdefault(siblings, set()).add(check_inputs_fingerprint(rendered(combination)))
     split = {"-".join(key): len(prints) for key, prints in groups.items() if len(prints) > 1}
     assert not split, f"suite runs per transport and executor, where more than one: {split}"
+
+
+def test_the_runtime_tests_run_once_per_executor(rendered: Callable[[Combination], Path]) -> None:
+    """The runtime is the same for every transport: only the executor answer changes it. A
+    transport-specific line in it, or in its tests, would run them once per transport."""
+    groups: dict[str, set[str]] = {}
+    for combination in COMBINATIONS:
+        fingerprint = runtime_tests_fingerprint(rendered(combination))
+        groups.setdefault(combination["executor"], set()).add(fingerprint)
+    split = {executor: len(prints) for executor, prints in groups.items() if len(prints) > 1}
+    assert not split, f"runtime test runs per executor, where more than one: {split}"
+
+
+@pytest.mark.parametrize("combination", covering_set(), ids=str)
+def test_the_runtime_tests_read_only_what_their_fingerprint_covers(
+    combination: Combination, rendered: Callable[[Combination], Path]
+) -> None:
+    """The runtime tests' shared run is sound only if they and the runtime read nothing else: no
+    transport module, no other test helper (imported, or run by name or file name)."""
+    project = rendered(combination)
+    package = answers_package(project)
+    inputs = set(runtime_test_inputs(project))
+    helpers = {
+        file: (file.stem, file.name, ".".join(file.relative_to("tests").with_suffix("").parts))
+        for file in rendered_files(project)
+        if file.parts[0] == "tests" and file.suffix == ".py"
+    }
+    problems = []
+    for file in sorted(inputs):
+        if file.suffix != ".py":
+            continue
+        for line, name in names_read(project / file, file, package):
+            helper = any(name in names and other not in inputs for other, names in helpers.items())
+            transport = name.split(".")[0] == package and not (
+                name == package or name.startswith(f"{package}.runtime")
+            )
+            if helper or transport:
+                problems.append(f"{file}:{line} reads {name}")
+    assert not problems, "outside the runtime tests' inputs:\n" + "\n".join(problems)
+
+
+def answers_package(project: Path) -> str:
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    return str(answers["package_name"])
+
+
+# conftest.py's ways of running the whole service (python -m <package>), not just its runtime.
+RUNS_THE_SERVICE = {"PACKAGE", "start_service"}
+
+
+def names_read(path: Path, file: Path, package: str) -> Iterator[tuple[int, str]]:
+    """The modules ``path`` imports (relative imports made absolute), its string constants (a
+    module run with ``-m`` or a file opened by name), and ``<package>.__main__`` where it runs
+    the whole service with conftest.py's help."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        name = node.id if isinstance(node, ast.Name) else getattr(node, "arg", None)
+        if name in RUNS_THE_SERVICE and file.parts[0] == "tests" and file.name != "conftest.py":
+            yield node.lineno, f"{package}.__main__"  # type: ignore[attr-defined]
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = file.parent.parts[1 : len(file.parent.parts) - node.level + 1]
+                module = ".".join(filter(None, [*base, module]))
+            yield node.lineno, module
+            if module == package:  # from <package> import runtime
+                yield from ((node.lineno, f"{module}.{alias.name}") for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
