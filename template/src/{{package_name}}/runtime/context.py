@@ -6,15 +6,16 @@ and the OpenTelemetry context (``traceparent``, ``tracestate``, ``baggage``, as 
 propagators write them) travel as a plain dict: :func:`snapshot` and :func:`restore`.
 
 The trace context itself is OpenTelemetry's: the transports' instrumentations extract it from
-the incoming request. :func:`bind` also keeps the request's ``traceparent`` in a variable of its
-own, which a stall report can read from another thread (:func:`snapshot_of`).
+the incoming request when spans are exported, :func:`continue_trace` when they are not.
+:func:`bind` also keeps the request's ``traceparent`` in a variable of its own, which a stall
+report can read from another thread (:func:`snapshot_of`).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import Context, ContextVar
@@ -35,8 +36,8 @@ _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
 def new_request_id() -> str:
-    """A fresh, random request id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh, random request id (32 hex digits): as random as a UUID4, a quarter of its cost."""
+    return secrets.token_hex(16)
 
 
 def accept_request_id(value: str | None) -> str:
@@ -65,6 +66,26 @@ def trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
+
+
+def trace_header_names() -> frozenset[str]:
+    """The headers the configured propagators read: ``traceparent``, ``tracestate``, ``baggage``."""
+    return frozenset(propagate.get_global_textmap().fields)
+
+
+@contextmanager
+def continue_trace(headers: Mapping[str, str]) -> Iterator[None]:
+    """Make the trace context of a request's ``headers`` current for the block, as an
+    instrumentation does for its server span, without the span. Nothing to do without them.
+    """
+    if not headers:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def current_deadline() -> float | None:
@@ -128,10 +149,9 @@ def restore(values: Mapping[str, str | None]) -> Iterator[None]:
     headers = {key: value for key, value in values.items() if value is not None}
     id_token = _request_id.set(values.get("request_id"))
     trace_token = _traceparent.set(values.get("traceparent"))
-    otel_token = otel_context.attach(propagate.extract(headers))
     try:
-        yield
+        with continue_trace(headers):
+            yield
     finally:
-        otel_context.detach(otel_token)
         _traceparent.reset(trace_token)
         _request_id.reset(id_token)

@@ -16,7 +16,7 @@ import grpc
 
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
-from .interceptor import InterceptorCore, begin, deadline_passed
+from .interceptor import InterceptorCore, deadline_passed
 from .rpc import RpcRecord, is_observed
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -62,7 +62,7 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
     ) -> AsyncIterator[None]:
         """Inside runs the handler: admitted, recorded, and whatever it raises is its status."""
         async with self._admitted(context):
-            record = begin(method, context)
+            record = self.begin(method, context)
             if metadata_first:  # the handler streams responses: the id goes ahead of them
                 await context.send_initial_metadata(record.response_metadata)
             with record.scope():

@@ -22,6 +22,7 @@ import grpc
 
 from ... import api
 from ...resources import lifespan
+from ...runtime import tracing
 from ...runtime.lifecycle import Runtime, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
@@ -47,10 +48,11 @@ async def serve(settings: GrpcSettings) -> int:
     runtime = Runtime(settings, asyncio.get_running_loop())
     runtime.signals.install(runtime.loop)
     warm_up = asyncio.wrap_future(in_thread(runtime.start))
+    exporting = tracing.will_export()  # spans only if someone receives them
     server = grpc.aio.server(
         interceptors=[
-            aio_tracing_interceptor(),
-            RequestInterceptor(Admission(settings.max_concurrent_rpcs)),
+            *([aio_tracing_interceptor()] if exporting else []),
+            RequestInterceptor(Admission(settings.max_concurrent_rpcs), continue_traces=not exporting),
         ],
         options=settings.server_options(),
     )

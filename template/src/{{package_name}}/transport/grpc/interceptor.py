@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from ...runtime.context import trace_header_names
 from .admission import Admission
 from .errors import tolerant
 from .rpc import RpcRecord
@@ -44,8 +45,11 @@ class Context(Protocol):
 class InterceptorCore:
     """Rebuilds application handlers around :meth:`handle`."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, *, continue_traces: bool = False) -> None:
         self.admission = admission
+        # Without OpenTelemetry's interceptor ahead (nothing is exported), the caller's trace
+        # context is continued here, for log lines and offloaded work.
+        self.trace_keys = trace_header_names() if continue_traces else frozenset()
 
     def rebuild(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
@@ -69,16 +73,19 @@ class InterceptorCore:
         """The flavour's wrapper around one method's behaviour."""
         raise NotImplementedError
 
-
-def begin(method: str, context: Context) -> RpcRecord:
-    """Start the record of an RPC; its request id goes back in the trailing metadata."""
-    record = RpcRecord.begin(
-        method, context.invocation_metadata(), context.peer(), context.time_remaining()
-    )
-    # Trailing metadata reaches every client; sending initial metadata on its own would cost
-    # an extra round of work per RPC (a quarter more CPU for a light unary RPC).
-    context.set_trailing_metadata(record.response_metadata)
-    return record
+    def begin(self, method: str, context: Context) -> RpcRecord:
+        """Start the record of an RPC; its request id goes back in the trailing metadata."""
+        record = RpcRecord.begin(
+            method,
+            context.invocation_metadata(),
+            context.peer(),
+            context.time_remaining(),
+            self.trace_keys,
+        )
+        # Trailing metadata reaches every client; sending initial metadata on its own would
+        # cost an extra round of work per RPC (a quarter more CPU for a light unary RPC).
+        context.set_trailing_metadata(record.response_metadata)
+        return record
 
 
 def deadline_passed(context: Context) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from prometheus_client.metrics import Histogram
 
-from ...runtime.context import accept_request_id, bind, deadline_after
+from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
 from ...runtime.logging import get_logger
 from ...runtime.metrics import REQUEST_DURATION, REQUESTS_IN_FLIGHT
 from .errors import is_expected
@@ -36,11 +36,20 @@ def is_observed(method: str) -> bool:
     return not method.startswith(UNOBSERVED_SERVICES)
 
 
-def _first(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+def _read(
+    metadata: Iterable[tuple[str, str | bytes]] | None, trace_keys: frozenset[str]
+) -> tuple[str | None, dict[str, str]]:
+    """The ``x-request-id`` and the trace context entries (``trace_keys``) of ``metadata``."""
+    request_id = None
+    trace: dict[str, str] = {}
     for name, value in metadata or ():
-        if name == key and isinstance(value, str):
-            return value
-    return None
+        if not isinstance(value, str):
+            continue
+        if name == REQUEST_ID_KEY:
+            request_id = value
+        elif name in trace_keys:
+            trace[name] = value
+    return request_id, trace
 
 
 @dataclass
@@ -51,6 +60,7 @@ class RpcRecord:
     request_id: str
     peer: str
     time_remaining: float | None = None
+    trace: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -60,15 +70,20 @@ class RpcRecord:
         metadata: Iterable[tuple[str, str | bytes]] | None,
         peer: str,
         time_remaining: float | None,
+        trace_keys: frozenset[str] = frozenset(),
     ) -> RpcRecord:
-        """Start recording; the request id is the client's ``x-request-id`` if well-formed."""
+        """Start recording; the request id is the client's ``x-request-id`` if well-formed.
+        The caller's trace context is kept if ``trace_keys`` name its metadata entries.
+        """
+        request_id, trace = _read(metadata, trace_keys)
         return cls(
             method=method,
-            request_id=accept_request_id(_first(metadata, REQUEST_ID_KEY)),
+            request_id=accept_request_id(request_id),
             peer=peer,
             time_remaining=None
             if time_remaining is None or time_remaining > NO_DEADLINE
             else time_remaining,
+            trace=trace,
         )
 
     @property
@@ -78,11 +93,12 @@ class RpcRecord:
 
     @contextmanager
     def scope(self) -> Iterator[None]:
-        """While the RPC runs: its request id and the client's deadline are bound (for log
-        lines and offloaded work), and it counts as in flight.
+        """While the RPC runs: its request id, the client's deadline and trace context are
+        bound (for log lines and offloaded work), and it counts as in flight.
         """
         in_flight = REQUESTS_IN_FLIGHT.labels(method=self.method)
         with (
+            continue_trace(self.trace),
             bind(self.request_id),
             deadline_after(self.time_remaining),
             in_flight.track_inprogress(),

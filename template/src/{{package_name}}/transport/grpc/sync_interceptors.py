@@ -22,15 +22,17 @@ from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .health import OnOwnThreads
-from .interceptor import InterceptorCore, begin, deadline_passed
+from .interceptor import InterceptorCore, deadline_passed
 from .rpc import RpcRecord, is_observed
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
-    def __init__(self, admission: Admission, watchdog: StallWatchdog) -> None:
-        super().__init__(admission)
+    def __init__(
+        self, admission: Admission, watchdog: StallWatchdog, *, continue_traces: bool = False
+    ) -> None:
+        super().__init__(admission, continue_traces=continue_traces)
         self._watchdog = watchdog
         self._own_threads = ThreadPoolExecutor(2, thread_name_prefix="grpc-infra")
         self._refuse: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
@@ -58,7 +60,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
         watchdog = self._watchdog
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            record = begin(method, context)
+            record = self.begin(method, context)
             with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
@@ -72,10 +74,9 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
 
         return handle
 
-    @staticmethod
-    def _streaming(behavior: Behavior, method: str) -> Behavior:
+    def _streaming(self, behavior: Behavior, method: str) -> Behavior:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            record = begin(method, context)
+            record = self.begin(method, context)
             context.send_initial_metadata(record.response_metadata)  # before the first message
             with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:

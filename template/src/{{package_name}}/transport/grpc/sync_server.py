@@ -22,6 +22,7 @@ import grpc
 
 from ... import api
 from ...resources import lifespan
+from ...runtime import tracing
 from ...runtime.lifecycle import Runtime, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
@@ -49,9 +50,13 @@ def serve(settings: GrpcSettings) -> int:
     warm_up = in_thread(runtime.start)
     admission = Admission(settings.max_concurrent_rpcs)
     handlers = AdmittedThreads(admission, settings.handler_threads)
+    exporting = tracing.will_export()  # spans only if someone receives them
     server = grpc.server(
         handlers,
-        interceptors=[sync_tracing_interceptor(), RequestInterceptor(admission, runtime.watchdog)],
+        interceptors=[
+            *([sync_tracing_interceptor()] if exporting else []),
+            RequestInterceptor(admission, runtime.watchdog, continue_traces=not exporting),
+        ],
         options=settings.server_options(),
     )
     health = SyncHealth([])

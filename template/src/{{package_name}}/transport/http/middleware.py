@@ -16,7 +16,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...runtime.context import accept_request_id, bind, deadline_after
+from ...runtime.context import (
+    accept_request_id,
+    bind,
+    continue_trace,
+    deadline_after,
+    trace_header_names,
+)
 from ...runtime.logging import get_logger
 from ...runtime.metrics import REQUEST_DURATION
 from .disconnect import CLIENT_CLOSED_REQUEST, was_abandoned
@@ -45,6 +51,9 @@ class RequestContextMiddleware:
     While ``close_connections()`` is true (the service is draining), responses carry
     ``connection: close``, so clients holding a keep-alive connection reconnect, and the load
     balancer sends the new connection to another instance.
+
+    With ``continue_traces``, the caller's trace context (``traceparent``, ``baggage``) is made
+    current too: the service does it itself when no instrumentation makes server spans.
     """
 
     def __init__(
@@ -52,20 +61,26 @@ class RequestContextMiddleware:
         app: ASGIApp,
         budget: float | None = None,
         close_connections: Callable[[], bool] | None = None,
+        *,
+        continue_traces: bool = False,
     ) -> None:
         self.app = app
         self.budget = budget
         self.close_connections = close_connections or (lambda: False)
+        names = trace_header_names() if continue_traces else ()
+        self.trace_headers = frozenset(name.encode() for name in names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given_id = None
+        trace: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
                 given_id = value.decode("latin-1")
-                break
+            elif name in self.trace_headers:
+                trace[name.decode("latin-1")] = value.decode("latin-1")
         request_id = accept_request_id(given_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode())
 
@@ -77,7 +92,7 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with bind(request_id), deadline_after(self.budget):
+        with continue_trace(trace), bind(request_id), deadline_after(self.budget):
             await self.app(scope, receive, send_with_request_id)
 
 
