@@ -252,6 +252,7 @@ CHECK_INPUTS = ("pyproject.toml", "src/", "tests/", "scripts/", "proto/")
 RUNTIME_TESTS = "tests/runtime/test_runtime_*.py"
 RUNTIME_TEST_HELPERS = (
     "tests/conftest.py",
+    "tests/otlp_receiver.py",
     "tests/runtime/offload_service.py",
     "tests/runtime_scenarios.py",
     "tests/runtime_support.py",

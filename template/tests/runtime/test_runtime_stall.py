@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from otlp_receiver import Receiver, attributes
 from runtime_support import Scenario
 
 FUNCTIONS = {
@@ -29,6 +31,8 @@ FUNCTIONS = {
 }
 REQUEST_ID = "req-loop-7"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN_ID = "b7ad6b7169203331"
+THRESHOLD = 0.1  # the scenarios' stall threshold
 
 
 @pytest.fixture
@@ -113,6 +117,43 @@ def test_loop_stall_is_classified_and_reported_while_it_lasts(
     assert ended["stack"] == report["stack"]
     assert_names_the_request(ended)
     assert process.wait_exit() == 0
+
+
+def test_a_stall_is_a_span_in_the_trace_of_the_request_that_blocked(
+    scenario: Callable[..., Scenario], exporting_to: Receiver, tmp_path: Path
+) -> None:
+    blocker = Blocker("cpu", tmp_path)
+    process = scenario("loop", "cpu", blocker.argument)
+    process.wait_event("stall_detected")
+    blocker.release()
+    process.wait_event("event_loop_stalled")
+    assert process.wait_exit() == 0  # flushes the spans on its way out
+
+    _, stall = exporting_to.wait_for("the stall's span", lambda s: s.name == "event_loop_stalled")
+    assert stall.trace_id.hex() == TRACE_ID
+    assert stall.parent_span_id.hex() == PARENT_SPAN_ID  # the request's span
+    assert stall.status.code != Status.STATUS_CODE_ERROR  # late, not failed
+    found = attributes(stall.attributes)
+    assert found["stall.cause"] == "python"
+    assert found["stall.culprit"].endswith("in block_on_cpu")
+    assert found["stall.duration_s"] >= THRESHOLD
+    assert "in block_on_cpu" in found["code.stacktrace"]
+
+
+def test_a_stall_outside_any_trace_starts_its_own(
+    scenario: Callable[..., Scenario], exporting_to: Receiver, tmp_path: Path
+) -> None:
+    """The sync handler of this scenario has a request id but no trace context."""
+    blocker = Blocker("cpu", tmp_path)
+    process = scenario("handler", "cpu", blocker.argument)
+    process.wait_event("stall_detected")
+    blocker.release()
+    process.wait_event("handler_stalled")
+    assert process.wait_exit() == 0
+
+    _, stall = exporting_to.wait_for("the stall's span", lambda s: s.name == "handler_stalled")
+    assert stall.parent_span_id == b""  # a root span: a trace of its own
+    assert attributes(stall.attributes)["stall.name"] == "/demo.v1.Demo/Validate"
 
 
 def test_c_code_holding_the_gil_is_dumped_to_the_file_and_reported_structured(

@@ -69,11 +69,23 @@ def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     found: dict[str, object] = {"task": task.get_name()}
     values = task_context(task)
     if values is not None:
-        snapshot = context.snapshot_of(values)
-        if snapshot["request_id"] is not None:
-            found["request_id"] = snapshot["request_id"]
-        traceparent = snapshot["traceparent"]
-        if traceparent is not None:
-            found["traceparent"] = traceparent
-            found["trace_id"] = traceparent.split("-")[1]
+        found.update(_request(context.snapshot_of(values)))
+    return found
+
+
+def current_request() -> dict[str, object]:
+    """The request id and trace id bound in the calling thread (a sync handler's)."""
+    return _request(
+        {"request_id": context.current_request_id(), "traceparent": context.current_traceparent()}
+    )
+
+
+def _request(snapshot: dict[str, str | None]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    if snapshot["request_id"] is not None:
+        found["request_id"] = snapshot["request_id"]
+    traceparent = snapshot["traceparent"]
+    if traceparent is not None:
+        found["traceparent"] = traceparent
+        found["trace_id"] = traceparent.split("-")[1]
     return found

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..logging import get_logger
 from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, STALLS
-from . import tasks
+from . import spans, tasks
 from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
 from .probes import GcTimer, Probes, Snapshot, ThreadStat, own_cpu_clock, read_clock
@@ -196,7 +196,8 @@ class StallWatchdog:
     def watch_handler(self, name: str, **fields: object) -> Iterator[None]:
         """Watch the current thread while the block runs (one synchronous RPC).
 
-        ``name`` is the RPC method; ``fields`` (e.g. ``request_id=...``) go into every report.
+        ``name`` is the RPC method; ``fields`` go into every report, after the request id and
+        trace id bound in this thread.
         """
         now = time.monotonic()
         unit = _Unit(
@@ -207,7 +208,7 @@ class StallWatchdog:
             now,
             time.thread_time(),
             now,
-            dict(fields),
+            {**tasks.current_request(), **fields},
         )
         with self._lock:
             self._handlers.add(unit)
@@ -593,8 +594,10 @@ class StallWatchdog:
             request = peeked  # seen by the watchdog at the stall's very end
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
+        event = "event_loop_stalled" if unit.kind == LOOP else "handler_stalled"
+        blamed = extra.pop("gil_holder_culprit", None) or culprit(stack or [])
         log.warning(
-            "event_loop_stalled" if unit.kind == LOOP else "handler_stalled",
+            event,
             kind=unit.kind,
             name=unit.name,
             cause=cause.value,
@@ -602,10 +605,22 @@ class StallWatchdog:
             duration=round(ended.duration, 3),
             threshold=self.threshold,
             stack_captured=stack is not None,
-            culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
+            culprit=blamed,
             stack=stack or [],
             **extra,
             **request,
+        )
+        traceparent = request.get("traceparent")
+        spans.record_stall(
+            event,
+            started=ended.ended - ended.duration,
+            ended=ended.ended,
+            traceparent=traceparent if isinstance(traceparent, str) else None,
+            kind=unit.kind,
+            name=unit.name,
+            cause=cause.value,
+            culprit=str(blamed) if blamed else None,
+            stack=stack or [],
         )
 
     def _report_unit_pause(self, ended: _Ended, extra: dict[str, object]) -> None:
