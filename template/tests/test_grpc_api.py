@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from conftest import ServiceProcess, service_env, wait_until
+from conftest import ServiceProcess, metric_value, service_env, wait_until
 from grpc_support import (
     FAIL_METHOD,
     LARGE_MESSAGES,
@@ -204,6 +204,38 @@ def test_an_unknown_method_is_unimplemented(service: GrpcService) -> None:
     still_serving(service)
 
 
+def test_metrics_count_rpcs_by_method_and_status(
+    stub: documents_pb2_grpc.DocumentServiceStub, service: GrpcService
+) -> None:
+    """OpenTelemetry's rpc.server.call.duration, spelled the Prometheus way."""
+    duration = "rpc_server_call_duration_seconds"
+    validate = {"rpc_system_name": "grpc", "rpc_method": f"{SERVICE}/Validate"}
+    ok = {**validate, "rpc_response_status_code": "OK", "error_type": ""}
+    # A bad document is the client's error, not the server's: no error_type.
+    invalid = {**validate, "rpc_response_status_code": "INVALID_ARGUMENT", "error_type": ""}
+    ok_before = service.metric(f"{duration}_count", **ok)
+    invalid_before = service.metric(f"{duration}_count", **invalid)
+
+    stub.Validate(documents_pb2.ValidateRequest(document_json='{"name": "Ada"}'), timeout=10)
+    invalid_request = documents_pb2.ValidateRequest(document_json="{not json")
+    rpc_error(lambda: stub.Validate(invalid_request, timeout=10))
+    with service.channel() as channel:
+        unknown: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{SERVICE}/NoSuchMethod"
+        )
+        rpc_error(lambda: unknown(b"", timeout=10))
+
+    content_type, text = service.scrape()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert f"# TYPE {duration} histogram" in text
+    assert metric_value(text, f"{duration}_count", **ok) == ok_before + 1
+    assert metric_value(text, f"{duration}_bucket", **ok, le="+Inf") == ok_before + 1
+    assert metric_value(text, f"{duration}_count", **invalid) == invalid_before + 1
+    assert metric_value(text, "rpc_server_active_calls", **validate) == 0
+    # A method the server does not have adds no label value.
+    assert "NoSuchMethod" not in text
+
+
 def test_a_bug_is_internal_with_the_request_id_and_no_internals() -> None:
     service = start_failing_grpc()
     try:
@@ -217,6 +249,9 @@ def test_a_bug_is_internal_with_the_request_id_and_no_internals() -> None:
         # The traceback is in the log, under the same request id, for whoever investigates.
         line = service.process.stdout.wait_for(f'"request_id": "bug-1".*{LEAK_MARKER}')
         assert json.loads(line)["status"] == "INTERNAL"
+        # A server error: error_type names the status code.
+        failed_calls = {"rpc_method": FAIL_METHOD.removeprefix("/"), "error_type": "INTERNAL"}
+        assert service.metric("rpc_server_call_duration_seconds_count", **failed_calls) == 1
         still_serving(service)
     finally:
         service.process.stop()

@@ -27,7 +27,7 @@ def test_a_saturated_server_still_answers_health_liveness_and_reflection(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2)
-    validate = f"/{SERVICE}/Validate"
+    validate = f"{SERVICE}/Validate"
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -37,7 +37,7 @@ def test_a_saturated_server_still_answers_health_liveness_and_reflection(
         assert all(next(watch).status == serving for watch in watches)
         slow = costly_validations(stub, 3.0, timeout=120)
         wait_until(
-            lambda: service.metric("requests_in_flight", method=validate) == 2,
+            lambda: service.metric("rpc_server_active_calls", rpc_method=validate) == 2,
             what="both slow RPCs to be in flight",
         )
 

@@ -49,13 +49,16 @@ def test_sigterm_under_load_lets_every_rpc_in_flight_finish_and_exits_0(
     heavy = documents_pb2.ValidateRequest(document_json=document_costing(2.5))
     slowest = documents_pb2.ValidateRequest(document_json=document_costing(5.0))  # > drain delay
     light = documents_pb2.ValidateRequest(document_json='{"name": "Ada"}')
-    validate = f"/{SERVICE}/Validate"
+    validate = f"{SERVICE}/Validate"
     finished_at: list[float] = []  # wall-clock time, comparable with the service's log
 
     def accepted() -> float:
         """RPCs the server has taken on (until then stop() would refuse them like new ones)."""
-        return service.metric("requests_in_flight", method=validate) + service.metric(
-            "request_duration_seconds_count", method=validate, status="OK"
+        active = service.metric("rpc_server_active_calls", rpc_method=validate)
+        return active + service.metric(
+            "rpc_server_call_duration_seconds_count",
+            rpc_method=validate,
+            rpc_response_status_code="OK",
         )
 
     with service.channel() as channel:

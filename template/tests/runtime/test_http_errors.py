@@ -66,6 +66,9 @@ def test_an_unexpected_error_is_500_without_internals() -> None:
         failed = service.wait_event("request_failed")
         assert failed["request_id"] == "bug-1"
         assert INTERNALS in json.dumps(failed)
+        # Counted as a server error: error_type holds the status code.
+        failed_requests = {"http_route": "/v1/test/fail", "error_type": "500"}
+        assert service.metric("http_server_request_duration_seconds_count", **failed_requests) == 1
         _assert_healthy(client)
 
 

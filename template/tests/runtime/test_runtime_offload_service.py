@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, service_env, wait_until
+from conftest import free_port, metric_value, service_env, wait_until
 from runtime_support import Scenario
 
 SERVICE = Path(__file__).with_name("offload_service.py")
@@ -64,12 +63,7 @@ class OffloadService(Scenario):
         with socket.create_connection(("127.0.0.1", self.port)) as connection:
             connection.sendall(b'{"op": "metrics"}\n')
             text = connection.makefile("rb").read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return metric_value(text, name, **labels)
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -11,7 +11,7 @@ untouched; an application RPC's handler is rebuilt around the flavour's ``handle
    writes and every call it offloads (offloaded work stops at the deadline);
 4. turns an exception, or a request message that cannot be parsed, into a status
    (``errors.py``): the client gets a useful message, never internals, and the server carries on;
-5. writes one access log line and observes ``request_duration_seconds`` (``rpc.py``).
+5. writes one access log line and observes ``rpc_server_call_duration_seconds`` (``rpc.py``).
 """
 
 from __future__ import annotations

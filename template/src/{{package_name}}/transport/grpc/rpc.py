@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from prometheus_client.metrics import Histogram
 
 from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
 from ...runtime.logging import get_logger
-from ...runtime.metrics import REQUEST_DURATION, REQUESTS_IN_FLIGHT
 from .errors import is_expected
+from .metrics import MethodMetrics, method_metrics
 
 REQUEST_ID_KEY = "x-request-id"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
@@ -27,8 +26,6 @@ UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.Serv
 NO_DEADLINE = 10**8
 
 log = get_logger("access")
-
-_durations: dict[tuple[str, grpc.StatusCode], Histogram] = {}
 
 
 def is_observed(method: str) -> bool:
@@ -59,6 +56,7 @@ class RpcRecord:
     method: str
     request_id: str
     peer: str
+    metrics: MethodMetrics
     time_remaining: float | None = None
     trace: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -80,6 +78,7 @@ class RpcRecord:
             method=method,
             request_id=accept_request_id(request_id),
             peer=peer,
+            metrics=method_metrics(method),
             time_remaining=None
             if time_remaining is None or time_remaining > NO_DEADLINE
             else time_remaining,
@@ -96,23 +95,18 @@ class RpcRecord:
         """While the RPC runs: its request id, the client's deadline and trace context are
         bound (for log lines and offloaded work), and it counts as in flight.
         """
-        in_flight = REQUESTS_IN_FLIGHT.labels(method=self.method)
         with (
             continue_trace(self.trace),
             bind(self.request_id),
             deadline_after(self.time_remaining),
-            in_flight.track_inprogress(),
+            self.metrics.active.track_inprogress(),
         ):
             yield
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
-        """Write the access log line and observe the latency histogram."""
+        """Write the access log line and observe the call's duration (``metrics.py``)."""
         seconds = time.perf_counter() - self.started
-        duration = _durations.get((self.method, code))
-        if duration is None:
-            duration = REQUEST_DURATION.labels(method=self.method, status=code.name)
-            _durations[(self.method, code)] = duration
-        duration.observe(seconds)
+        self.metrics.observe(code, seconds)
         fields: dict[str, object] = {
             "method": self.method,
             "status": code.name,

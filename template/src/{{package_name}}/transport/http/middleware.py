@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client.metrics import Histogram
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,8 +23,8 @@ from ...runtime.context import (
     trace_header_names,
 )
 from ...runtime.logging import get_logger
-from ...runtime.metrics import REQUEST_DURATION
 from .disconnect import CLIENT_CLOSED_REQUEST, was_abandoned
+from .metrics import RequestDurations
 from .problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -33,9 +32,6 @@ CLOSE = (b"connection", b"close")
 
 # Probes and scrapes arrive every few seconds: their access log lines are debug level.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
-
-# HTTP methods used as a metric label as they are; anything else is counted as "OTHER".
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access_log = get_logger("access")
 
@@ -97,7 +93,8 @@ class RequestContextMiddleware:
 
 
 class AccessLogMiddleware:
-    """One access log line and one ``request_duration_seconds`` observation per request.
+    """One access log line and one ``http_server_request_duration_seconds`` observation per
+    request (``metrics.py``).
 
     Also the last line of defence: an exception nothing else handled becomes a 500 problem
     response that names the request id and nothing else, and the traceback goes to the log.
@@ -105,7 +102,7 @@ class AccessLogMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._durations: dict[tuple[str, str, int], Histogram] = {}
+        self._durations = RequestDurations()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,20 +130,15 @@ class AccessLogMiddleware:
             self._record(scope, status or unanswered, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, duration: float) -> None:
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
-        key = (method, route, status)
-        child = self._durations.get(key)
-        if child is None:
-            child = REQUEST_DURATION.labels(method=f"{method} {route}", status=str(status))
-            self._durations[key] = child
-        child.observe(duration)
+        route = getattr(scope.get("route"), "path", None) or ""
+        scheme = scope.get("scheme", "http")
+        self._durations.observe(scope["method"], route, status, scheme, duration)
         log = access_log.debug if scope["path"] in QUIET_PATHS else access_log.info
         log(
             "request",
             method=scope["method"],
             path=scope["path"],
-            route=route,
+            route=route or "unmatched",
             status=status,
             duration_ms=round(duration * 1000, 3),
             client=_client(scope),

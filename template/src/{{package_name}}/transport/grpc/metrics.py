@@ -1,0 +1,79 @@
+"""The RPC metrics, named and labelled after OpenTelemetry's semantic conventions.
+
+``rpc.server.call.duration`` (seconds) is spelled as OpenTelemetry's Prometheus exporter spells
+it: ``rpc_server_call_duration_seconds``, with the labels ``rpc_system_name`` (``grpc``),
+``rpc_method`` (``package.Service/Method``), ``rpc_response_status_code`` (``OK``,
+``DEADLINE_EXCEEDED``, ...) and ``error_type`` (the status code when gRPC's conventions count
+it as a server error, empty otherwise). ``rpc_server_active_calls`` counts the RPCs being
+handled, with the same names for the method.
+"""
+
+from __future__ import annotations
+
+import grpc
+from prometheus_client import Gauge, Histogram
+
+from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
+
+SYSTEM = "grpc"
+
+CALL_DURATION = Histogram(
+    "rpc_server_call_duration_seconds",
+    "Duration of incoming RPCs.",
+    ["rpc_system_name", "rpc_method", "rpc_response_status_code", "error_type"],
+    unit="seconds",
+    buckets=REQUEST_BUCKETS,
+)
+ACTIVE_CALLS = Gauge(
+    "rpc_server_active_calls",
+    "RPCs accepted by the server and not finished yet.",
+    ["rpc_system_name", "rpc_method"],
+)
+
+# The codes that mean the server failed; the others say something about the request.
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class MethodMetrics:
+    """The metrics of one RPC method, each child looked up once, then reused."""
+
+    def __init__(self, method: str) -> None:
+        self.name = method.removeprefix("/")  # the path is "/package.Service/Method"
+        self.active = ACTIVE_CALLS.labels(rpc_system_name=SYSTEM, rpc_method=self.name)
+        self._durations: dict[grpc.StatusCode, Histogram] = {}
+
+    def observe(self, code: grpc.StatusCode, seconds: float) -> None:
+        """One call's duration and final status; with a sampled trace, the call's trace and
+        span ids go with it as an exemplar.
+        """
+        child = self._durations.get(code)
+        if child is None:
+            child = CALL_DURATION.labels(
+                rpc_system_name=SYSTEM,
+                rpc_method=self.name,
+                rpc_response_status_code=code.name,
+                error_type=code.name if code in SERVER_ERRORS else "",
+            )
+            self._durations[code] = child
+        child.observe(seconds, trace_exemplar())
+
+
+_methods: dict[str, MethodMetrics] = {}
+
+
+def method_metrics(method: str) -> MethodMetrics:
+    """The metrics of ``method`` (``/package.Service/Method``), made at its first call."""
+    found = _methods.get(method)
+    if found is None:
+        # Two threads may both make one: they share the same children, so either will do.
+        found = _methods.setdefault(method, MethodMetrics(method))
+    return found

@@ -1,0 +1,68 @@
+"""The HTTP request metric, named and labelled after OpenTelemetry's semantic conventions.
+
+``http.server.request.duration`` is spelled as OpenTelemetry's Prometheus exporter spells it:
+``http_server_request_duration_seconds``, with the labels ``http_request_method``,
+``http_route``, ``http_response_status_code``, ``url_scheme`` and ``error_type`` (the status
+code of a 5xx response, empty otherwise). A request that matched no route has an empty
+``http_route``: the raw path would make the label set unbounded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from prometheus_client import Histogram
+
+from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
+
+REQUEST_DURATION = Histogram(
+    "http_server_request_duration_seconds",
+    "Duration of HTTP server requests.",
+    ["http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"],
+    unit="seconds",
+    buckets=REQUEST_BUCKETS,
+)
+
+# RFC 9110's methods, PATCH and QUERY; any other is counted as "_OTHER", so a client cannot
+# add label values at will. OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS replaces the list.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
+KNOWN_METHODS_VARIABLE = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
+
+
+def known_methods(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The methods counted by name: the environment's list if it gives one, else the default."""
+    listed = (os.environ if env is None else env).get(KNOWN_METHODS_VARIABLE)
+    if listed is None:
+        return KNOWN_METHODS
+    return frozenset(name.strip() for name in listed.split(",") if name.strip())
+
+
+class RequestDurations:
+    """Observes request durations; each label set's child is looked up once, then reused."""
+
+    def __init__(self, methods: frozenset[str] | None = None) -> None:
+        self.methods = known_methods() if methods is None else methods
+        self._children: dict[tuple[str, str, int, str], Histogram] = {}
+
+    def observe(self, method: str, route: str, status: int, scheme: str, seconds: float) -> None:
+        """One request's duration; ``route`` is its route template ("" if none matched).
+
+        With a sampled trace, the request's trace and span ids go with it as an exemplar.
+        """
+        if method not in self.methods:
+            method = "_OTHER"
+        key = (method, route, status, scheme)
+        child = self._children.get(key)
+        if child is None:
+            child = REQUEST_DURATION.labels(
+                http_request_method=method,
+                http_route=route,
+                http_response_status_code=str(status),
+                url_scheme=scheme,
+                error_type=str(status) if status >= 500 else "",
+            )
+            self._children[key] = child
+        child.observe(seconds, trace_exemplar())
