@@ -48,76 +48,70 @@ def run_own_check(
     )
 
 
-def run_shared_check(
-    name: str,
-    command: list[str],
-    inputs_fingerprint: Callable[[Path], str],
-    combination: Combination,
-    project: Path,
-    venv: Path,
-    cache: Path,
-    timeout: float,
-    results: Path,
-    record_property: Callable[[str, object], None],
-) -> None:
-    """Run ``command`` in ``project``, once for all combinations with identical inputs.
-
-    Combinations that differ only in files the check cannot read (deployment manifests) would
-    give the same result; the first one to get here runs the check, the others report its result.
-    """
-    fingerprint = inputs_fingerprint(project)
-
-    def compute() -> dict[str, object]:
-        env = tool_env(venv, mypy_cache=cache)
-        result = run(command, cwd=project, env=env, timeout=timeout, check=False)
-        return {"ran_in": combination.id, "status": result.returncode, "output": result.stdout}
-
-    results.mkdir(parents=True, exist_ok=True)
-    outcome = shared_outcome(results / f"{name}-{fingerprint}.json", compute)
-    record_property("ran_in", outcome["ran_in"])
-    shared = "" if outcome["ran_in"] == combination.id else f" (run in {outcome['ran_in']}, "
-    shared += "whose inputs are identical)" if shared else ""
-    assert outcome["status"] == 0, (
-        f"{name} failed for {combination}{shared} (exit {outcome['status']}) in "
-        f"{project.parent / str(outcome['ran_in'])}:\n{tail(str(outcome['output']), 120)}"
-    )
+SharedCheck = Callable[[str, Combination, list[str], Callable[[Path], str], float], None]
 
 
-@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
-def test_own_test_suite(
-    combination: Combination,
+@pytest.fixture
+def shared_check(
     prepared: Callable[[Combination], Path],
     shared_venv: Path,
     worker_cache: Path,
     session_dir: Path,
     record_property: Callable[[str, object], None],
+) -> SharedCheck:
+    """``shared_check(name, combination, command, inputs, timeout)`` runs ``command`` in the
+    combination's project, once for all combinations whose ``inputs(project)`` are the same.
+
+    Combinations that differ only in files the check cannot read (deployment manifests) would
+    give the same result; the first one to get here runs the check, the others report its result.
+    """
+
+    def check(
+        name: str,
+        combination: Combination,
+        command: list[str],
+        inputs: Callable[[Path], str],
+        timeout: float,
+    ) -> None:
+        project = prepared(combination)
+
+        def compute() -> dict[str, object]:
+            env = tool_env(shared_venv, mypy_cache=worker_cache)
+            result = run(command, cwd=project, env=env, timeout=timeout, check=False)
+            return {"ran_in": combination.id, "status": result.returncode, "output": result.stdout}
+
+        results = session_dir / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        outcome = shared_outcome(results / f"{name}-{inputs(project)}.json", compute)
+        record_property("ran_in", outcome["ran_in"])
+        shared = "" if outcome["ran_in"] == combination.id else f" (run in {outcome['ran_in']}, "
+        shared += "whose inputs are identical)" if shared else ""
+        assert outcome["status"] == 0, (
+            f"{name} failed for {combination}{shared} (exit {outcome['status']}) in "
+            f"{project.parent / str(outcome['ran_in'])}:\n{tail(str(outcome['output']), 120)}"
+        )
+
+    return check
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
+def test_own_test_suite(
+    combination: Combination, shared_check: SharedCheck, shared_venv: Path, worker_cache: Path
 ) -> None:
     """The generated project's pytest suite passes (real servers, real signals), but for the
     runtime's own tests: test_runtime_tests runs those."""
-    project = prepared(combination)
-    command = [*own_checks(shared_venv, worker_cache)["pytest"], f"--ignore-glob=*/{RUNTIME_TESTS}"]
-    run_shared_check(
-        "pytest",
-        command,
-        check_inputs_fingerprint,
-        combination,
-        project,
-        shared_venv,
-        worker_cache,
-        900,
-        session_dir / "results",
-        record_property,
-    )
+    pytest_command = own_checks(shared_venv, worker_cache)["pytest"]
+    command = [*pytest_command, f"--ignore-glob=*/{RUNTIME_TESTS}"]
+    shared_check("pytest", combination, command, check_inputs_fingerprint, 900)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
 def test_runtime_tests(
     combination: Combination,
+    shared_check: SharedCheck,
     prepared: Callable[[Combination], Path],
     shared_venv: Path,
     worker_cache: Path,
-    session_dir: Path,
-    record_property: Callable[[str, object], None],
 ) -> None:
     """The runtime's own tests pass; they run once per distinct runtime (one per executor: the
     executor answer is the runtime's only difference between combinations)."""
@@ -125,42 +119,16 @@ def test_runtime_tests(
     tests = sorted(str(path.relative_to(project)) for path in project.glob(RUNTIME_TESTS))
     assert tests, f"no tests match {RUNTIME_TESTS}"
     command = [*own_checks(shared_venv, worker_cache)["pytest"], *tests]
-    run_shared_check(
-        "pytest-runtime",
-        command,
-        runtime_tests_fingerprint,
-        combination,
-        project,
-        shared_venv,
-        worker_cache,
-        900,
-        session_dir / "results",
-        record_property,
-    )
+    shared_check("pytest-runtime", combination, command, runtime_tests_fingerprint, 900)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
 def test_mypy(
-    combination: Combination,
-    prepared: Callable[[Combination], Path],
-    shared_venv: Path,
-    worker_cache: Path,
-    session_dir: Path,
-    record_property: Callable[[str, object], None],
+    combination: Combination, shared_check: SharedCheck, shared_venv: Path, worker_cache: Path
 ) -> None:
     """``mypy`` with the project's configuration (strict) finds nothing."""
-    run_shared_check(
-        "mypy",
-        own_checks(shared_venv, worker_cache)["mypy"],
-        check_inputs_fingerprint,
-        combination,
-        prepared(combination),
-        shared_venv,
-        worker_cache,
-        600,
-        session_dir / "results",
-        record_property,
-    )
+    command = own_checks(shared_venv, worker_cache)["mypy"]
+    shared_check("mypy", combination, command, check_inputs_fingerprint, 600)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)

@@ -119,15 +119,21 @@ def test_loop_stall_is_classified_and_reported_while_it_lasts(
     assert process.wait_exit() == 0
 
 
+def stall_and_exit(scenario: Callable[..., Scenario], where: str, tmp_path: Path) -> None:
+    """A CPU-bound stall of the ``where`` scenario, reported, then over; the process exits 0
+    (and flushes its spans on the way out)."""
+    blocker = Blocker("cpu", tmp_path)
+    process = scenario(where, "cpu", blocker.argument)
+    process.wait_event("stall_detected")
+    blocker.release()
+    process.wait_event("event_loop_stalled" if where == "loop" else "handler_stalled")
+    assert process.wait_exit() == 0
+
+
 def test_a_stall_is_a_span_in_the_trace_of_the_request_that_blocked(
     scenario: Callable[..., Scenario], exporting_to: Receiver, tmp_path: Path
 ) -> None:
-    blocker = Blocker("cpu", tmp_path)
-    process = scenario("loop", "cpu", blocker.argument)
-    process.wait_event("stall_detected")
-    blocker.release()
-    process.wait_event("event_loop_stalled")
-    assert process.wait_exit() == 0  # flushes the spans on its way out
+    stall_and_exit(scenario, "loop", tmp_path)
 
     _, stall = exporting_to.wait_for("the stall's span", lambda s: s.name == "event_loop_stalled")
     assert stall.trace_id.hex() == TRACE_ID
@@ -144,12 +150,7 @@ def test_a_stall_outside_any_trace_starts_its_own(
     scenario: Callable[..., Scenario], exporting_to: Receiver, tmp_path: Path
 ) -> None:
     """The sync handler of this scenario has a request id but no trace context."""
-    blocker = Blocker("cpu", tmp_path)
-    process = scenario("handler", "cpu", blocker.argument)
-    process.wait_event("stall_detected")
-    blocker.release()
-    process.wait_event("handler_stalled")
-    assert process.wait_exit() == 0
+    stall_and_exit(scenario, "handler", tmp_path)
 
     _, stall = exporting_to.wait_for("the stall's span", lambda s: s.name == "handler_stalled")
     assert stall.parent_span_id == b""  # a root span: a trace of its own
