@@ -64,7 +64,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
             with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-                with watchdog.watch_handler(method, request_id=record.request_id):
+                with watchdog.watch_handler(method):
                     try:
                         response = behavior(request, context)
                     except Exception as error:  # every failure becomes a status
