@@ -71,10 +71,8 @@ class Admission:
         """Block until a call is worth starting and mark it running.
 
         Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
-        starting them (then ask again); ``(None, [])`` when the pool is closing. A call is too
-        late when its request has less time left than the floor, or than its function's fastest
-        recent run: failing it costs nothing, starting it would cost a worker killed at the
-        deadline.
+        starting them (then ask again); ``(None, [])`` when the pool is closing. Failing a call
+        that is too late costs nothing, starting it would cost a worker killed at the deadline.
         """
         too_late: list[Job] = []
         with self.lock:
@@ -109,12 +107,8 @@ class Admission:
         """
         if job.deadline is None:
             return False
-        return job.deadline - now < max(self.min_remaining, self._fastest(job.label) or 0.0)
-
-    def _fastest(self, label: str) -> float | None:
-        """The shortest recent run of the function, or ``None`` before its first one."""
-        recent = self._recent.get(label)
-        return min(recent) if recent else None
+        recent = self._recent.get(job.label)
+        return job.deadline - now < max(self.min_remaining, min(recent) if recent else 0.0)
 
     def withdraw(self, job: Job) -> bool:
         """Remove a call that is still queued; ``False`` if it has started (or is gone)."""
@@ -132,9 +126,8 @@ class Admission:
             self._running.discard(job)
             self.admitted -= 1
             if succeeded and job.started is not None:
-                took = time.monotonic() - job.started
                 recent = self._recent.setdefault(job.label, deque(maxlen=_RECENT_RUNS))
-                recent.append(took)
+                recent.append(time.monotonic() - job.started)
             self.changed.notify()
 
     def close(self) -> list[Job]:

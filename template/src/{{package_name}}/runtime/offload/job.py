@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import OffloadError
 
 
 def label_of(fn: Callable[..., Any]) -> str:
@@ -55,16 +58,18 @@ class Job:
         self.kwargs = {}
         self.context = None
 
-    def settle(self, result: Any = None, error: BaseException | None = None) -> bool:
-        """Complete the caller's future unless it is already complete; ``True`` if this did."""
-        try:
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Complete the caller's future unless it is already complete."""
+        with contextlib.suppress(InvalidStateError):
             if error is None:
                 self.future.set_result(result)
             else:
                 self.future.set_exception(error)
-        except InvalidStateError:
-            return False
-        return True
+
+    def drop(self, error: OffloadError) -> None:
+        """Fail a call that will not run (again): release it and answer its caller."""
+        self.release()
+        self.settle(error=error)
 
     def request_values(self) -> dict[str, str]:
         """The request id and traceparent, where set, for log lines about this call (not the

@@ -69,7 +69,6 @@ class Offloader:
             raise ValueError("workers must be >= 1 and queue_size >= 0")
         self.executor: Executor = executor
         self.workers = workers
-        self.capacity = workers + queue_size
         self.timeout = timeout
         self.queue_timeout = queue_timeout
         self.worker_nice = worker_nice
@@ -112,17 +111,12 @@ class Offloader:
 
     @property
     def queued(self) -> int:
-        """Calls accepted and waiting for a free worker."""
         return self.admission.queued
 
     @property
     def abandoned(self) -> int:
         """Threads still running a call whose caller was answered already."""
         return self._abandoned
-
-    @property
-    def closed(self) -> bool:
-        return self.admission.closed
 
     def _update_gauges(self) -> None:
         self._in_flight.set(self.admission.running)
@@ -149,7 +143,7 @@ class Offloader:
             "offload_started",
             executor=self.executor,
             workers=self.workers,
-            capacity=self.capacity,
+            capacity=self.admission.capacity,
             timeout=self.timeout,
             queue_timeout=self.queue_timeout,
             worker_pids=[worker.pid for worker in self._processes] or None,
@@ -161,14 +155,13 @@ class Offloader:
             return
         dropped = self.admission.close()
         for job in dropped:
-            job.release()
-            job.settle(error=OffloadRejected("the service is shutting down"))
+            job.drop(OffloadRejected("the service is shutting down"))
         self._update_gauges()
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         unfinished = [thread.name for thread in self._threads if thread.is_alive()]
-        stop_process_workers(self._processes, lambda: deadline - time.monotonic())
+        stop_process_workers(self._processes, deadline)
         if self._keeper.ident is not None:  # not started if the workers failed to start
             self._keeper.join(1.0)
         log.info(
@@ -192,18 +185,6 @@ class Offloader:
             self.abandon(job)
             raise
 
-    async def run_with_timeout(
-        self,
-        timeout: float | None,  # noqa: ASYNC109 - it also bounds the worker, not just the wait
-        fn: Callable[P, T],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Like :meth:`run`, within ``timeout`` seconds from now (queue and run together)."""
-        with context.deadline_after(timeout):
-            return await self.run(fn, *args, **kwargs)
-
     def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Blocking :meth:`run`, for synchronous code (gRPC sync handlers).
 
@@ -219,13 +200,6 @@ class Offloader:
         finally:
             if scope is not None:
                 scope.untrack(job)
-
-    def run_sync_with_timeout(
-        self, timeout: float | None, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Blocking :meth:`run_with_timeout`."""
-        with context.deadline_after(timeout):
-            return self.run_sync(fn, *args, **kwargs)
 
     def _submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -293,8 +267,7 @@ class Offloader:
     def abandon(self, job: Job) -> None:
         """The caller went away: drop ``job`` if queued, stop it if running."""
         if self.admission.withdraw(job):
-            job.release()
-            job.settle(error=OffloadCancelled(f"the caller of {job.label} went away; dropped"))
+            job.drop(OffloadCancelled(f"the caller of {job.label} went away; dropped"))
             metrics.CANCELLED.labels(executor=self.executor, stage="queued").inc()
             self._update_gauges()
             return
@@ -361,12 +334,8 @@ class Offloader:
                     continue
             for job in expired:
                 waited = time.monotonic() - job.submitted
-                job.release()
-                job.settle(
-                    error=OffloadTimeout(
-                        f"{job.label} waited {waited:.3f} s for a free worker and was dropped"
-                    )
-                )
+                message = f"{job.label} waited {waited:.3f} s for a free worker and was dropped"
+                job.drop(OffloadTimeout(message))
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="queued").inc()
             for job in overdue:
                 self._stop(job, "timeout")
@@ -379,12 +348,8 @@ class Offloader:
         while True:
             job, too_late = self.admission.next_job()
             for late in too_late:
-                late.release()
-                late.settle(
-                    error=OffloadTimeout(
-                        f"{late.label} was not started: its request had too little time left"
-                    )
-                )
+                message = f"{late.label} was not started: its request had too little time left"
+                late.drop(OffloadTimeout(message))
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
             self._update_gauges()
             if job is not None or not too_late:

@@ -13,6 +13,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
+import time
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +109,8 @@ class ProcessWorker:
                 self._process.kill()
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
         if self._process is not None:
+            self._process.kill()  # nothing happens if it has exited
             self._process.join(5.0)
         if self._conn is not None:
             self._conn.close()
@@ -118,7 +118,7 @@ class ProcessWorker:
     def _replace(self, reason: str) -> None:
         self.kill()
         metrics.WORKER_CRASHES.labels(reason=reason).inc()
-        if self._pool.closed:
+        if self._pool.admission.closed:
             return
         try:
             self.launch()
@@ -157,14 +157,19 @@ class ProcessWorker:
         if failure is not None:
             return None, failure, None
         job.release()  # the worker has its own copy now
-        ready = multiprocessing.connection.wait([conn, process.sentinel])
-        if conn in ready:
+        if conn in multiprocessing.connection.wait([conn, process.sentinel]):
             try:
-                result, error = self._receive(conn, job)
+                status, payload, remote_tb = conn.recv()
             except (EOFError, OSError):
                 pass  # it died while replying
+            except Exception as error:  # an unpicklable result or exception
+                failure = OffloadError(f"the result of {job.label} could not be received: {error}")
+                return None, failure, None
             else:
-                return result, error, None
+                if status == "ok":
+                    return payload, None, None
+                payload.__cause__ = RemoteTraceback(remote_tb)
+                return None, payload, None
         return self._ended(process, job)
 
     def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> BaseException | None:
@@ -182,32 +187,17 @@ class ProcessWorker:
             return failure
         return None
 
-    def _receive(
-        self, conn: multiprocessing.connection.Connection, job: Job
-    ) -> tuple[Any, BaseException | None]:
-        """The worker's reply; raises EOFError or OSError if the worker died instead."""
-        try:
-            status, payload, remote_tb = conn.recv()
-        except (EOFError, OSError):
-            raise
-        except Exception as error:  # an unpicklable result or exception
-            return None, OffloadError(f"the result of {job.label} could not be received: {error}")
-        if status == "ok":
-            return payload, None
-        payload.__cause__ = RemoteTraceback(remote_tb)
-        return None, payload
-
     def _ended(
         self, process: multiprocessing.process.BaseProcess, job: Job
     ) -> tuple[None, BaseException, str]:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
         self.kill()
-        reason = job.stop_reason or ("shutdown" if self._pool.closed else "crash")
+        reason = job.stop_reason or ("shutdown" if self._pool.admission.closed else "crash")
         record_killed(job.label, job.submitted_ns, job.values, process.pid, reason)
         if job.stop_reason is not None:
             return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
-        if self._pool.closed:
+        if self._pool.admission.closed:
             error = WorkerCrashed(f"the service shut down before {job.label} finished")
             return None, error, "shutdown"
         description = exit_description(process.exitcode)
@@ -243,10 +233,10 @@ def start_process_workers(pool: Offloader) -> list[ProcessWorker]:
     return workers
 
 
-def stop_process_workers(workers: list[ProcessWorker], grace_left: Any) -> None:
-    """After the grace: kill the workers still busy; their feeders fail the calls they held."""
+def stop_process_workers(workers: list[ProcessWorker], deadline: float) -> None:
+    """At ``deadline``: kill the workers still busy; their feeders fail the calls they held."""
     for worker in workers:
-        worker.thread.join(max(0.0, grace_left()))
+        worker.thread.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
         with worker._lock:
             if worker._process is not None and worker._process.is_alive():

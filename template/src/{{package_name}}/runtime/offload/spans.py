@@ -16,15 +16,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 T = TypeVar("T")
 
 tracer = trace.get_tracer(__name__)
-
-
-def span_name(label: str) -> str:
-    return f"offload {label}"
 
 
 def run_in_span(
@@ -38,8 +34,7 @@ def run_in_span(
 ) -> T:
     """Call ``fn`` inside its offload span, under the current span (the caller's)."""
     with tracer.start_as_current_span(
-        span_name(label),
-        kind=SpanKind.INTERNAL,
+        f"offload {label}",
         start_time=submitted_ns,
         attributes={"code.function.name": label, "offload.executor": executor},
     ) as span:
@@ -60,9 +55,8 @@ def record_killed(
     """End, from the parent, the span of a call whose worker process died running it."""
     headers = {key: value for key, value in values.items() if value is not None}
     span = tracer.start_span(
-        span_name(label),
+        f"offload {label}",
         context=propagate.extract(headers),
-        kind=SpanKind.INTERNAL,
         start_time=submitted_ns,
         attributes={
             "code.function.name": label,

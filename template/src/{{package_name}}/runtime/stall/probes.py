@@ -9,6 +9,7 @@ time in which no thread of the process ran at all, mean the process was paused.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import threading
@@ -26,15 +27,15 @@ _PROC_STAT = Path("/proc/stat")
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def own_cpu_clock() -> int | None:
-    """The CPU-time clock of the calling thread, readable from any thread while it lives.
+def cpu_clock(ident: int) -> int | None:
+    """The CPU-time clock of thread ``ident``, readable from any thread while it lives.
 
-    The clock id names the kernel thread, not a pointer: reading it after the thread has
-    ended fails cleanly (``OSError``) instead of crashing, which is why it is taken here, by
-    the thread itself, and kept.
+    ``ident`` must be a running thread (the caller's own, or one listed by
+    ``threading.enumerate()``). The clock id names the kernel thread, not a pointer: reading it
+    after the thread has ended fails cleanly (``OSError``) instead of crashing.
     """
     try:
-        return time.pthread_getcpuclockid(threading.get_ident())
+        return time.pthread_getcpuclockid(ident)
     except (AttributeError, OSError):  # not on this platform
         return None
 
@@ -49,29 +50,22 @@ def read_clock(clock: int | None) -> float | None:
         return None
 
 
-class ThreadStat:
-    """One thread's scheduler statistics (Linux): CPU time, and time runnable but waiting.
+class KernelFile:
+    """A kernel file kept open, so that each reading is a single ``pread``."""
 
-    A thread that wants to run but gets no CPU, because other processes or threads have them,
-    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
-    The file stays open, so each reading is a single ``pread``.
-    """
-
-    def __init__(self, native_id: int) -> None:
-        path = f"/proc/self/task/{native_id}/schedstat"
+    def __init__(self, path: str | Path) -> None:
         try:
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._fd = None
 
-    def read(self) -> tuple[float, float] | None:
-        """(CPU seconds, seconds waiting for a CPU), or ``None`` once the thread has ended."""
+    def read(self) -> bytes | None:
+        """The file's content, or ``None`` if it cannot be read (its thread has ended)."""
         if self._fd is None:
             return None
         try:
-            fields = os.pread(self._fd, 128, 0).split()
-            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
-        except (OSError, IndexError, ValueError):
+            return os.pread(self._fd, 4096, 0)
+        except OSError:
             return None
 
     def close(self) -> None:
@@ -80,27 +74,26 @@ class ThreadStat:
             self._fd = None
 
 
-class _CounterFile:
-    """A kernel counter file kept open and re-read with one ``pread``."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._fd = None
-
-    def read(self) -> bytes | None:
-        if self._fd is None:
-            return None
-        try:
-            return os.pread(self._fd, 4096, 0)
-        except OSError:
-            return None
+def schedstat(native_id: int) -> KernelFile:
+    """One thread's scheduler statistics (Linux), read with :func:`run_queue_wait`."""
+    return KernelFile(f"/proc/self/task/{native_id}/schedstat")
 
 
-def _throttle_counter() -> tuple[_CounterFile, bytes, float] | None:
+def run_queue_wait(stat: KernelFile) -> float | None:
+    """Seconds the thread has been runnable but waiting for a CPU; ``None`` once it has ended.
+
+    A thread that wants to run but gets no CPU, because other processes or threads have them,
+    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
+    """
+    try:
+        return int((stat.read() or b"").split()[1]) / 1e9
+    except (IndexError, ValueError):
+        return None
+
+
+def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
     for path, key, scale in _THROTTLE_FILES:
-        counter = _CounterFile(path)
+        counter = KernelFile(path)
         text = counter.read()
         if text is not None and key.encode() in text:
             return counter, key.encode(), scale
@@ -165,10 +158,10 @@ class Probes:
     def __init__(self, gc_timer: GcTimer) -> None:
         self.gc_timer = gc_timer
         self._throttle = _throttle_counter()
-        self._proc_stat = _CounterFile(_PROC_STAT)
+        self._proc_stat = KernelFile(_PROC_STAT)
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
-        self._stats: dict[int, ThreadStat] = {}
+        self._stats: dict[int, KernelFile] = {}  # thread ident -> its schedstat
         self.names: dict[int, str] = {}
 
     def _watch_threads(self) -> None:
@@ -179,12 +172,8 @@ class Probes:
         for ident, thread in alive.items():
             if ident not in self._clocks:
                 self.names[ident] = thread.name
-                self._stats[ident] = ThreadStat(thread.native_id or 0)
-                try:
-                    # Listed by threading.enumerate(), so still running: its pthread is valid.
-                    self._clocks[ident] = time.pthread_getcpuclockid(ident)
-                except (AttributeError, OSError):
-                    self._clocks[ident] = None
+                self._stats[ident] = schedstat(thread.native_id or 0)
+                self._clocks[ident] = cpu_clock(ident)
 
     def take(self, *, full: bool = False) -> Snapshot:
         """The clocks now; ``full`` also reads the kernel's files and looks for new threads."""
@@ -196,22 +185,13 @@ class Probes:
             cpu = read_clock(clock)
             if cpu is not None:
                 threads[ident] = cpu
+        light = Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
         if not full:
-            return Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
-        queued = {}
-        for ident, stat in self._stats.items():
-            reading = stat.read()
-            if reading is not None:
-                queued[ident] = reading[1]
-        return Snapshot(
-            at=now,
-            process_cpu=time.process_time(),
-            threads=threads,
-            gc=self.gc_timer.reading(now),
-            full=True,
-            queued=queued,
-            throttled=self._throttled(),
-            steal=self._steal(),
+            return light
+        waits = {ident: run_queue_wait(stat) for ident, stat in self._stats.items()}
+        queued = {ident: wait for ident, wait in waits.items() if wait is not None}
+        return dataclasses.replace(
+            light, full=True, queued=queued, throttled=self._throttled(), steal=self._steal()
         )
 
     def _throttled(self) -> float | None:

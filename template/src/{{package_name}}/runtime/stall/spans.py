@@ -16,7 +16,6 @@ import time
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
 
 tracer = trace.get_tracer(__name__)
 
@@ -44,7 +43,6 @@ def record_stall(
     span = tracer.start_span(
         event,
         context=parent,
-        kind=SpanKind.INTERNAL,
         start_time=int(started * 1e9) + to_epoch_ns,
         attributes={
             "stall.kind": kind,

@@ -39,7 +39,7 @@ from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, 
 from . import spans, tasks
 from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
-from .probes import GcTimer, Probes, Snapshot, ThreadStat, own_cpu_clock, read_clock
+from .probes import GcTimer, Probes, Snapshot, cpu_clock, read_clock, run_queue_wait, schedstat
 from .stacks import culprit, format_stack, thread_label
 
 LOOP = "event_loop"
@@ -54,23 +54,47 @@ _NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as
 _FULL_EVERY = 10  # ticks between full snapshots (see probes.Snapshot)
 
 
+# ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
+_current = threading.local()
+
+
+def _thread_clock() -> int | None:
+    """The calling thread's CPU clock, looked up once per thread."""
+    clock: int | None = getattr(_current, "clock", None)
+    if clock is None:
+        clock = _current.clock = cpu_clock(threading.get_ident())
+    return clock
+
+
 @dataclass(eq=False)
 class _Unit:
-    """Something the watchdog watches: the event loop, or one sync RPC."""
+    """Something the watchdog watches, on the thread that creates it: the event loop, or one
+    sync RPC."""
 
     kind: str
     name: str
-    thread_id: int
-    clock: int | None  # the thread's CPU clock
-    started: float  # monotonic start of the current stretch of work
-    cpu_start: float  # the thread's CPU time then
-    since: float  # from when on a lack of progress counts (the loop: when its beat was due)
     fields: dict[str, object] = field(default_factory=dict)
+    thread_id: int = field(default_factory=threading.get_ident)
+    clock: int | None = field(default_factory=_thread_clock)  # the thread's CPU clock
+    started: float = field(default_factory=time.monotonic)  # start of the current stretch of work
+    cpu_start: float = field(default_factory=time.thread_time)  # the thread's CPU time then
+    # From when on a lack of progress counts (the loop: when its next beat is due).
+    since: float = field(default_factory=time.monotonic)
     generation: int = 0  # bumped on every sign of progress, so late captures are discarded
     reported: bool = False
     stack: list[str] | None = None
     task: dict[str, object] = field(default_factory=dict)
     baseline: Snapshot | None = None
+
+    def end_stretch(self, now: float, took: float, cpu: float) -> _Ended:
+        """The stretch of work ending now, to report if it stalled; its captures are dropped."""
+        request = {**self.task, **self.fields}
+        ended = _Ended(
+            self, self.started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
+        )
+        self.generation += 1
+        self.reported, self.stack, self.baseline = False, None, None
+        return ended
 
 
 @dataclass(frozen=True)
@@ -81,11 +105,11 @@ class _Ended:
     started: float
     ended: float
     duration: float
-    cpu: float | None
-    queued: float | None  # the thread's run-queue wait so far, read at the end (handlers)
+    cpu: float
     stack: list[str] | None
     task: dict[str, object]
     baseline: Snapshot | None
+    queued: float | None = None  # the thread's run-queue wait so far, read at the end (handlers)
 
 
 @dataclass(frozen=True)
@@ -199,17 +223,7 @@ class StallWatchdog:
         ``name`` is the RPC method; ``fields`` go into every report, after the request id and
         trace id bound in this thread.
         """
-        now = time.monotonic()
-        unit = _Unit(
-            HANDLER,
-            name,
-            threading.get_ident(),
-            _thread_clock(),
-            now,
-            time.thread_time(),
-            now,
-            {**tasks.current_request(), **fields},
-        )
+        unit = _Unit(HANDLER, name, {**tasks.current_request(), **fields})
         with self._lock:
             self._handlers.add(unit)
         _current.watch = (self, unit)
@@ -224,28 +238,13 @@ class StallWatchdog:
         now, cpu = time.monotonic(), time.thread_time()
         with self._lock:
             self._handlers.discard(unit)
-            unit.generation += 1
-            ended = _Ended(
-                unit,
-                unit.started,
-                now,
-                now - unit.started,
-                cpu - unit.cpu_start,
-                None,
-                unit.stack,
-                dict(unit.fields),
-                unit.baseline,
-            )
             reported = unit.reported
-            unit.reported, unit.stack, unit.baseline = False, None, None
-        used = cpu - unit.cpu_start
-        if reported or used > self.threshold:
+            ended = unit.end_stretch(now, now - unit.started, cpu)
+        if reported or ended.cpu > self.threshold:
             # The thread may be gone by the time the watchdog looks: read its wait now.
-            stat = ThreadStat(threading.get_native_id())
-            reading = stat.read()
+            stat = schedstat(threading.get_native_id())
+            ended = dataclasses.replace(ended, queued=run_queue_wait(stat))
             stat.close()
-            if reading is not None:
-                ended = dataclasses.replace(ended, queued=reading[1])
             self._hand_over(ended)
         elif ended.duration > self.threshold:
             SLOW_HANDLERS.inc()
@@ -253,7 +252,7 @@ class StallWatchdog:
                 "handler_slow",
                 name=unit.name,
                 duration=round(ended.duration, 3),
-                cpu=round(used, 3),
+                cpu=round(ended.cpu, 3),
                 threshold=self.threshold,
                 **unit.fields,
             )
@@ -282,25 +281,16 @@ class StallWatchdog:
 
     def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
         tasks.install_task_factory(loop)
-        ident = threading.get_ident()
-        now = time.monotonic()
-        unit = _Unit(
-            LOOP,
-            LOOP,
-            ident,
-            _thread_clock(),
-            now,
-            time.thread_time(),
-            now + self.lag_interval,
-        )
+        unit = _Unit(LOOP, LOOP)
+        unit.since = unit.started + self.lag_interval
         with self._lock:
             self._loop_unit = unit
             self._loop = loop
         LAG_WINDOW.watch(unit.since)
         log.info(
             "stall_watch_loop",
-            loop_thread=thread_label(ident),
-            loop_thread_id=ident,
+            loop_thread=thread_label(unit.thread_id),
+            loop_thread_id=unit.thread_id,
             lag_interval=self.lag_interval,
         )
         loop.call_later(self.lag_interval, self._beat, loop, unit)
@@ -310,27 +300,14 @@ class StallWatchdog:
         lag = max(0.0, now - unit.since)
         EVENTLOOP_LAG.observe(lag)
         with self._lock:
-            ended = None
-            if unit.reported or lag > self.threshold:
-                ended = _Ended(
-                    unit,
-                    unit.started,
-                    now,
-                    lag,
-                    cpu - unit.cpu_start,
-                    None,
-                    unit.stack,
-                    dict(unit.task),
-                    unit.baseline,
-                )
+            stalled = unit.reported or lag > self.threshold
+            ended = unit.end_stretch(now, lag, cpu)
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + self.lag_interval
-            unit.generation += 1
-            unit.reported, unit.stack, unit.baseline = False, None, None
             unit.task = {}
             watching = self._loop_unit is unit
         LAG_WINDOW.beat(lag, now, cpu, unit.since if watching else None)
-        if ended is not None:
+        if stalled:
             self._hand_over(ended)
         if watching:
             loop.call_later(self.lag_interval, self._beat, loop, unit)
@@ -440,7 +417,8 @@ class StallWatchdog:
                     unit.baseline = self._snapshot_before(unit.started)
                 if unit.kind == LOOP and not unit.task:
                     unit.task = tasks.running_task(self._loop)
-                cpu = _cpu_since(unit)
+                cpu = read_clock(unit.clock)
+                cpu = None if cpu is None else cpu - unit.cpu_start
                 if unit.kind == HANDLER:  # a handler that waits is not stalled
                     stuck = cpu is not None and cpu > self.threshold
                 else:
@@ -639,20 +617,6 @@ class StallWatchdog:
         )
 
 
-def _thread_clock() -> int | None:
-    """The calling thread's CPU clock, looked up once per thread."""
-    clock: int | None = getattr(_current, "clock", None)
-    if clock is None:
-        clock = _current.clock = own_cpu_clock()
-    return clock
-
-
-def _cpu_since(unit: _Unit) -> float | None:
-    """The CPU time of ``unit``'s thread since its stretch started."""
-    cpu = read_clock(unit.clock)
-    return None if cpu is None else cpu - unit.cpu_start
-
-
 def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
     """How far ``ident``'s reading moved (a thread that started in between: all of it)."""
     return after[ident] - before.get(ident, 0.0) if ident in after else 0.0
@@ -685,10 +649,6 @@ def _busiest_other(
         if used > most:
             busiest, most = ident, used
     return busiest, most
-
-
-# ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
-_current = threading.local()
 
 
 @contextmanager
