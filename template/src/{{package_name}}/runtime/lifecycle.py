@@ -43,10 +43,6 @@ from .stall import StallWatchdog
 
 log = get_logger(__name__)
 
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# `kill -USR1 <pid>` writes every thread's stack to stderr, at any time, even mid-stall.
-STACK_DUMP_SIGNAL = signal.SIGUSR1
-
 T = TypeVar("T")
 
 
@@ -57,7 +53,7 @@ class State(StrEnum):
     STOPPED = "stopped"
 
 
-_ORDER = [State.STARTING, State.SERVING, State.DRAINING, State.STOPPED]
+_ORDER = list(State)
 
 Listener = Callable[[State], None]
 
@@ -135,9 +131,10 @@ class Signals:
 
     def install(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Take over the shutdown signals and the stack dump signal; call on the main thread."""
-        for signum in SHUTDOWN_SIGNALS:
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
-        faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+        # `kill -USR1 <pid>` writes every thread's stack to stderr, at any time, even mid-stall.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         if loop is not None:
             loop.add_reader(self._reader.fileno(), self._drain)
@@ -277,12 +274,10 @@ class Runtime:
         log.info("service_ready", pid=os.getpid())
         return True
 
-    def wait_for_shutdown(self, timeout: float | None = None) -> bool:
-        """Block until a signal arrives, then start draining; ``False`` on timeout."""
-        if not self.signals.wait(self.signals.received, timeout):
-            return False
+    def wait_for_shutdown(self) -> None:
+        """Block until a signal arrives, then start draining."""
+        self.signals.wait(self.signals.received)
         self.request_shutdown(f"signal {self.signals.name}")
-        return True
 
     def request_shutdown(self, reason: str) -> None:
         """DRAINING: not ready from now on."""
@@ -302,9 +297,9 @@ class Runtime:
 
     def grace_left(self) -> float:
         """What is left of drain delay plus grace since draining began (at least 0.1 s)."""
-        budget = self.settings.drain_delay + self.settings.shutdown_grace
         if self._draining_since is None:
             return self.settings.shutdown_grace
+        budget = self.settings.drain_delay + self.settings.shutdown_grace
         return max(0.1, self._draining_since + budget - time.monotonic())
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -24,11 +25,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-EXPORTERS = ("otlp", "console", "none")
-PROTOCOLS = ("http/protobuf", "grpc")
 GRPC_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
-# Seconds a flush may take before the spans it waits for are given up.
-FLUSH_TIMEOUT = 5.0
+FLUSH_TIMEOUT_MS = 5000  # a flush gives up on the spans it waits for after this
 
 DEFAULT_SERVICE_NAME = __name__.split(".", 1)[0].replace("_", "-")
 
@@ -37,6 +35,14 @@ _provider: TracerProvider | None = None
 
 class TracingConfigError(ValueError):
     """An ``OTEL_*`` variable has a value this service cannot use; the message says which."""
+
+
+def _supported(variable: str, chosen: str, allowed: tuple[str, ...]) -> str:
+    if chosen not in allowed:
+        raise TracingConfigError(
+            f"{variable}={chosen!r} is not supported; use one of {', '.join(allowed)}"
+        )
+    return chosen
 
 
 def exporter_name(env: Mapping[str, str]) -> str:
@@ -51,20 +57,16 @@ def exporter_name(env: Mapping[str, str]) -> str:
     if not chosen:
         endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         return "otlp" if any(env.get(name, "").strip() for name in endpoints) else "none"
-    if chosen not in EXPORTERS:
-        raise TracingConfigError(
-            f"OTEL_TRACES_EXPORTER={chosen!r} is not supported; use one of {', '.join(EXPORTERS)}"
-        )
-    return chosen
+    return _supported("OTEL_TRACES_EXPORTER", chosen, ("otlp", "console", "none"))
 
 
-def will_export(env: Mapping[str, str] | None = None) -> bool:
+def will_export() -> bool:
     """Whether :func:`configure` will install an exporter, read from the environment alone.
 
     ``False`` for a value it cannot use: :func:`configure` stops the start-up with the message.
     """
     try:
-        return exporter_name(os.environ if env is None else env) != "none"
+        return exporter_name(os.environ) != "none"
     except TracingConfigError:
         return False
 
@@ -76,12 +78,7 @@ def protocol(env: Mapping[str, str]) -> str:
         or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     ).strip()
-    if chosen not in PROTOCOLS:
-        raise TracingConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={chosen!r} is not supported; use one of "
-            f"{', '.join(PROTOCOLS)}"
-        )
-    return chosen
+    return _supported("OTEL_EXPORTER_OTLP_PROTOCOL", chosen, ("http/protobuf", "grpc"))
 
 
 def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
@@ -91,16 +88,14 @@ def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
     if name == "console":
         return ConsoleSpanExporter()
     if protocol(env) == "grpc":
-        try:
-            # Installed with the gRPC transports only.
+        try:  # installed with the gRPC transports only
             module = importlib.import_module(GRPC_EXPORTER)
         except ImportError:
             raise TracingConfigError(
                 "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc, "
                 "which is not installed; use http/protobuf or add the package"
             ) from None
-        grpc_exporter: SpanExporter = module.OTLPSpanExporter()
-        return grpc_exporter
+        return cast(SpanExporter, module.OTLPSpanExporter())
     return OTLPSpanExporter()
 
 
@@ -115,7 +110,7 @@ def resource() -> Resource:
     return found
 
 
-def configure(env: Mapping[str, str] | None = None) -> bool:
+def configure() -> bool:
     """Install the SDK as the global tracer provider if an exporter is configured.
 
     ``True`` if spans will be exported. Once per process: later calls change nothing. The
@@ -125,7 +120,7 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     global _provider  # noqa: PLW0603 - one provider per process, like the API's own global
     if _provider is not None:
         return True
-    exporter = _exporter(os.environ if env is None else env)
+    exporter = _exporter(os.environ)
     if exporter is None:
         return False
     provider = TracerProvider(resource=resource())
@@ -138,7 +133,7 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
 def flush() -> None:
     """Export the spans ended so far (an offload worker does this after each call)."""
     if _provider is not None:
-        _provider.force_flush(int(FLUSH_TIMEOUT * 1000))
+        _provider.force_flush(FLUSH_TIMEOUT_MS)
 
 
 def shutdown() -> None:

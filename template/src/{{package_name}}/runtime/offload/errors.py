@@ -10,9 +10,7 @@ class OffloadError(Exception):
 class OffloadRejected(OffloadError):  # noqa: N818 - named for what happened to the call
     """Workers and queue are full (or the service is shutting down): retry later."""
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 1  # seconds, for the caller's client
 
 
 class OffloadTimeout(OffloadError):  # noqa: N818

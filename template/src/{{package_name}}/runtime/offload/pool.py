@@ -61,7 +61,6 @@ class Offloader:
         worker_nice: int = 0,
         log_level: str = "info",
         log_format: str = "json",
-        start_timeout: float = 60.0,
     ) -> None:
         if executor not in ("thread", "process"):
             raise ValueError(f"unknown executor {executor!r}: use 'thread' or 'process'")
@@ -73,7 +72,6 @@ class Offloader:
         self.queue_timeout = queue_timeout
         self.worker_nice = worker_nice
         self.log_config = (log_level, log_format)
-        self.start_timeout = start_timeout
         self.admission = Admission(workers, queue_size, min_remaining)
         self._threads: list[threading.Thread] = []
         self._processes: list[ProcessWorker] = []
@@ -82,9 +80,6 @@ class Offloader:
         self._keeper = threading.Thread(
             target=self._keep_deadlines, name="offload-deadlines", daemon=True
         )
-        self._in_flight = metrics.IN_FLIGHT.labels(executor=executor)
-        self._queued = metrics.QUEUED.labels(executor=executor)
-        self._abandoned_gauge = metrics.ABANDONED_THREADS.labels(executor=executor)
         self._rejected = metrics.REJECTED.labels(executor=executor)
 
     @classmethod
@@ -118,10 +113,6 @@ class Offloader:
         """Threads still running a call whose caller was answered already."""
         return self._abandoned
 
-    def _update_gauges(self) -> None:
-        self._in_flight.set(self.admission.running)
-        self._queued.set(self.admission.queued)
-
     # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -136,7 +127,11 @@ class Offloader:
         labels = {"executor": self.executor}
         metrics.WORKERS.labels(**labels).set(self.workers)
         metrics.RUN_LIMIT.labels(**labels).set(self.timeout or 0)
+        # The gauges of what changes are read when scraped: never stale, nothing to update.
         metrics.OLDEST_RUNNING.labels(**labels).set_function(self.admission.oldest_running_age)
+        metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.admission.running)
+        metrics.QUEUED.labels(**labels).set_function(lambda: self.admission.queued)
+        metrics.ABANDONED_THREADS.labels(**labels).set_function(lambda: self._abandoned)
         with self.admission.lock:
             self.admission.accepting = True
         log.info(
@@ -156,7 +151,6 @@ class Offloader:
         dropped = self.admission.close()
         for job in dropped:
             job.drop(OffloadRejected("the service is shutting down"))
-        self._update_gauges()
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -233,7 +227,6 @@ class Offloader:
             self._rejected.inc()
             self._note_saturation()
             raise
-        self._update_gauges()
         job.future.add_done_callback(lambda _: self._observe(job))
         return job
 
@@ -269,7 +262,6 @@ class Offloader:
         if self.admission.withdraw(job):
             job.drop(OffloadCancelled(f"the caller of {job.label} went away; dropped"))
             metrics.CANCELLED.labels(executor=self.executor, stage="queued").inc()
-            self._update_gauges()
             return
         self._stop(job, "cancelled")
 
@@ -287,7 +279,6 @@ class Offloader:
             return
         with self.admission.lock:
             self._abandoned += 1
-            self._abandoned_gauge.set(self._abandoned)
         job.settle(error=self._stopped_error(job, "its thread cannot be stopped and runs on"))
         log.warning(
             "offload_thread_abandoned",
@@ -339,7 +330,6 @@ class Offloader:
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="queued").inc()
             for job in overdue:
                 self._stop(job, "timeout")
-            self._update_gauges()
 
     # -- called by the workers ---------------------------------------------------------------
 
@@ -351,7 +341,6 @@ class Offloader:
                 message = f"{late.label} was not started: its request had too little time left"
                 late.drop(OffloadTimeout(message))
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
-            self._update_gauges()
             if job is not None or not too_late:
                 return job
 
@@ -363,14 +352,12 @@ class Offloader:
         if self.executor == "thread" and job.stop_reason is not None:
             with self.admission.lock:
                 self._abandoned -= 1
-                self._abandoned_gauge.set(self._abandoned)
             log.info(
                 "offload_abandoned_thread_returned",
                 function=job.label,
                 ran_seconds=round(job.ran_for(), 3),
                 **job.request_values(),
             )
-        self._update_gauges()
         job.settle(result, error)
 
 

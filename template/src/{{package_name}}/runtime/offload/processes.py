@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+START_TIMEOUT = 60.0  # seconds a new worker process may take to answer
+
 
 def process_context() -> BaseContext:
     """forkserver where it exists (Linux), else spawn; never fork (threads, gRPC)."""
@@ -122,7 +124,7 @@ class ProcessWorker:
             return
         try:
             self.launch()
-            self.await_ready(self._pool.start_timeout)
+            self.await_ready(START_TIMEOUT)
         except Exception:
             log.exception("offload_worker_restart_failed", worker=self._index)
             self._process = self._conn = None
@@ -223,7 +225,7 @@ def start_process_workers(pool: Offloader) -> list[ProcessWorker]:
         for worker in workers:
             worker.launch()
         for worker in workers:
-            worker.await_ready(pool.start_timeout)
+            worker.await_ready(START_TIMEOUT)
     except BaseException:
         for worker in workers:
             worker.kill()

@@ -8,17 +8,6 @@ was serving. docs/runtime/stall-detection.md has the runbook.
 """
 
 from .causes import Cause
-from .stacks import culprit, format_stack, thread_label
-from .watchdog import HANDLER, LOOP, PROCESS, StallWatchdog, waiting
+from .watchdog import StallWatchdog, waiting
 
-__all__ = [
-    "HANDLER",
-    "LOOP",
-    "PROCESS",
-    "Cause",
-    "StallWatchdog",
-    "culprit",
-    "format_stack",
-    "thread_label",
-    "waiting",
-]
+__all__ = ["Cause", "StallWatchdog", "waiting"]

@@ -49,13 +49,6 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_task_factory(remembering)
 
 
-def task_context(task: asyncio.Future[Any]) -> contextvars.Context | None:
-    if _TASKS_KNOW_THEIR_CONTEXT:
-        get_context = getattr(task, "get_context", None)
-        return get_context() if get_context is not None else None
-    return _contexts.get(task)
-
-
 def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     """The task ``loop`` is running now, with its request id and trace id (what is known)."""
     if loop is None:
@@ -67,7 +60,8 @@ def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     if task is None:
         return {}
     found: dict[str, object] = {"task": task.get_name()}
-    values = task_context(task)
+    get_context = getattr(task, "get_context", None)  # Python 3.12 and later
+    values = get_context() if get_context is not None else _contexts.get(task)
     if values is not None:
         found.update(_request(context.snapshot_of(values)))
     return found

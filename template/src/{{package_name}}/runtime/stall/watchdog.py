@@ -48,6 +48,10 @@ PROCESS = "process"
 
 log = get_logger(__name__)
 
+Fields = dict[str, object]  # of a log event
+Stack = list[str]  # "file:line in function", outermost first
+Window = tuple[float, float]  # (start, end), monotonic seconds
+
 _HISTORY = 32  # snapshots kept: a stall's start is never more than a tick or two back
 _SEGMENTS = 32  # watchdog gaps kept
 _NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
@@ -73,7 +77,7 @@ class _Unit:
 
     kind: str
     name: str
-    fields: dict[str, object] = field(default_factory=dict)
+    fields: Fields = field(default_factory=dict)
     thread_id: int = field(default_factory=threading.get_ident)
     clock: int | None = field(default_factory=_thread_clock)  # the thread's CPU clock
     started: float = field(default_factory=time.monotonic)  # start of the current stretch of work
@@ -82,8 +86,8 @@ class _Unit:
     since: float = field(default_factory=time.monotonic)
     generation: int = 0  # bumped on every sign of progress, so late captures are discarded
     reported: bool = False
-    stack: list[str] | None = None
-    task: dict[str, object] = field(default_factory=dict)
+    stack: Stack | None = None
+    task: Fields = field(default_factory=dict)
     baseline: Snapshot | None = None
 
     def end_stretch(self, now: float, took: float, cpu: float) -> _Ended:
@@ -106,8 +110,8 @@ class _Ended:
     ended: float
     duration: float
     cpu: float
-    stack: list[str] | None
-    task: dict[str, object]
+    stack: Stack | None
+    task: Fields
     baseline: Snapshot | None
     queued: float | None = None  # the thread's run-queue wait so far, read at the end (handlers)
 
@@ -116,7 +120,6 @@ class _Ended:
 class _Gap:
     """A stretch in which the watchdog thread was held up (``late`` seconds past its tick)."""
 
-    start: float
     end: float
     late: float
     paused: float  # of ``late``, seconds in which the process used no CPU at all
@@ -167,7 +170,7 @@ class StallWatchdog:
         self._dumps: deque[tuple[float, float, dict[str, list[str]]]] = deque(maxlen=4)
         self._pause_reported_until = 0.0
         self._ticks = 0
-        self._peeked: tuple[float, dict[str, object]] = (0.0, {})
+        self._peeked: tuple[float, Fields] = (0.0, {})
         self._history.append(self._probes.take(full=True))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -364,7 +367,7 @@ class StallWatchdog:
             # A thread that has ended since is missing above, but its CPU is in the process's.
             active = max(active, snapshot.process_cpu - previous.process_cpu)
             paused = max(0.0, late - active) if active < late / 2 else 0.0
-            self._gaps.append(_Gap(previous.at, snapshot.at, late, paused))
+            self._gaps.append(_Gap(snapshot.at, late, paused))
             if paused > self.threshold:
                 self._report_watchdog_pause(queued_since, snapshot, paused)
         if self._dump is not None:
@@ -428,12 +431,7 @@ class StallWatchdog:
             return due
 
     def _report_detected(
-        self,
-        unit: _Unit,
-        generation: int,
-        cpu: float | None,
-        sampled: list[str],
-        now: float,
+        self, unit: _Unit, generation: int, cpu: float | None, sampled: Stack, now: float
     ) -> None:
         cause, extra = self._diagnose(unit, (unit.started, now), cpu, unit.baseline)
         if not cause.blames_code:
@@ -468,11 +466,11 @@ class StallWatchdog:
     def _diagnose(
         self,
         unit: _Unit,
-        window: tuple[float, float],
+        window: Window,
         cpu: float | None,
         baseline: Snapshot | None,
         queued_now: float | None = None,
-    ) -> tuple[Cause, dict[str, object]]:
+    ) -> tuple[Cause, Fields]:
         """The class of ``unit``'s stall over ``window``, and the evidence for it.
 
         ``cpu`` is the thread's CPU time over the window.
@@ -502,7 +500,7 @@ class StallWatchdog:
             threshold=self.threshold,
         )
         cause = classify(evidence)
-        extra: dict[str, object] = {
+        extra: Fields = {
             # Where the time went, in seconds: what the class was decided on.
             "evidence": {
                 "cpu": None if cpu is None else round(cpu, 3),
@@ -524,13 +522,8 @@ class StallWatchdog:
         return cause, extra
 
     def _stack_for(
-        self,
-        unit: _Unit,
-        cause: Cause,
-        sampled: list[str] | None,
-        window: tuple[float, float],
-        extra: dict[str, object],
-    ) -> list[str] | None:
+        self, unit: _Unit, cause: Cause, sampled: Stack | None, window: Window, extra: Fields
+    ) -> Stack | None:
         """The stack to report: faulthandler's, taken during the stall, when the GIL was held
         (a stack sampled afterwards would show where the thread went next); else ``sampled``.
         Adds the GIL holder's stack and culprit to ``extra`` for a :attr:`Cause.GIL_WAIT`.
@@ -601,7 +594,7 @@ class StallWatchdog:
             stack=stack or [],
         )
 
-    def _report_unit_pause(self, ended: _Ended, extra: dict[str, object]) -> None:
+    def _report_unit_pause(self, ended: _Ended, extra: Fields) -> None:
         if ended.ended <= self._pause_reported_until + self.tick:
             return  # the watchdog saw the same pause itself and has reported it
         unit = ended.unit
