@@ -20,6 +20,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .. import context
@@ -245,12 +246,7 @@ class Offloader:
         )
 
     def _observe(self, job: Job) -> None:
-        future = job.future
-        if future.cancelled():
-            outcome = "cancelled"
-        else:
-            error = future.exception()
-            outcome = "ok" if error is None else _outcome(error)
+        outcome = _outcome(job.future)
         metrics.DURATION.labels(executor=self.executor, outcome=outcome).observe(
             time.monotonic() - job.submitted
         )
@@ -361,7 +357,12 @@ class Offloader:
         job.settle(result, error)
 
 
-def _outcome(error: BaseException) -> str:
+def _outcome(future: Future[Any]) -> str:
+    if future.cancelled():
+        return "cancelled"
+    error = future.exception()
+    if error is None:
+        return "ok"
     if isinstance(error, WorkerCrashed):
         return "crashed"
     if isinstance(error, OffloadTimeout):

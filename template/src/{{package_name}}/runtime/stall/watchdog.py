@@ -126,11 +126,7 @@ class _Gap:
 
 
 class StallWatchdog:
-    """Reports an event loop or handler blocked for longer than ``threshold`` seconds.
-
-    ``start()`` starts the watchdog thread, ``watch_loop()`` adds an event loop, and
-    ``watch_handler()`` wraps one synchronous RPC. ``stop()`` ends all of it.
-    """
+    """Reports an event loop or handler blocked for longer than ``threshold`` seconds."""
 
     def __init__(
         self,
