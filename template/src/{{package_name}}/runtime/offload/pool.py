@@ -98,8 +98,6 @@ class Offloader:
             log_format=settings.log_format,
         )
 
-    # -- state -------------------------------------------------------------------------------
-
     @property
     def running(self) -> int:
         """Worker slots busy now (abandoned threads included)."""
@@ -113,8 +111,6 @@ class Offloader:
     def abandoned(self) -> int:
         """Threads still running a call whose caller was answered already."""
         return self._abandoned
-
-    # -- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start every worker and wait until each has answered (readiness waits for this)."""
@@ -165,8 +161,6 @@ class Offloader:
             cancelled_queued=len(dropped),
             unfinished=unfinished or None,
         )
-
-    # -- calling -----------------------------------------------------------------------------
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` in a worker and await its result.
@@ -251,8 +245,6 @@ class Offloader:
             time.monotonic() - job.submitted
         )
 
-    # -- giving up on a call -----------------------------------------------------------------
-
     def abandon(self, job: Job) -> None:
         """The caller went away: drop ``job`` if queued, stop it if running."""
         if self.admission.withdraw(job):
@@ -326,8 +318,6 @@ class Offloader:
                 metrics.TIMED_OUT.labels(executor=self.executor, stage="queued").inc()
             for job in overdue:
                 self._stop(job, "timeout")
-
-    # -- called by the workers ---------------------------------------------------------------
 
     def next_job(self) -> Job | None:
         """The next call for a worker to run, or ``None`` when the pool is closing."""

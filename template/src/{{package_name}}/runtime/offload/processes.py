@@ -155,8 +155,16 @@ class ProcessWorker:
         process, conn = self._process, self._conn
         if process is None or conn is None:
             return None, WorkerCrashed("no offload worker process could be started"), None
-        failure = self._send(conn, job)
-        if failure is not None:
+        try:
+            conn.send((job.fn, job.args, job.kwargs, job.values, job.submitted_ns))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker is gone: noticed while waiting, like a crash
+        except Exception as error:  # not picklable: tell the caller why
+            failure = OffloadError(
+                f"cannot send {job.label} to a worker process: {error} (offloaded functions "
+                "and their arguments must be picklable: use module-level functions)"
+            )
+            failure.__cause__ = error
             return None, failure, None
         job.release()  # the worker has its own copy now
         if conn in multiprocessing.connection.wait([conn, process.sentinel]):
@@ -173,21 +181,6 @@ class ProcessWorker:
                 payload.__cause__ = RemoteTraceback(remote_tb)
                 return None, payload, None
         return self._ended(process, job)
-
-    def _send(self, conn: multiprocessing.connection.Connection, job: Job) -> BaseException | None:
-        """Hand the call to the worker; the error for the caller if it cannot be sent."""
-        try:
-            conn.send((job.fn, job.args, job.kwargs, job.values, job.submitted_ns))
-        except (BrokenPipeError, ConnectionResetError):
-            return None  # the worker is gone: noticed while waiting, like a crash
-        except Exception as error:  # not picklable: tell the caller why
-            failure = OffloadError(
-                f"cannot send {job.label} to a worker process: {error} (offloaded functions "
-                "and their arguments must be picklable: use module-level functions)"
-            )
-            failure.__cause__ = error
-            return failure
-        return None
 
     def _ended(
         self, process: multiprocessing.process.BaseProcess, job: Job

@@ -169,8 +169,6 @@ class StallWatchdog:
         self._peeked: tuple[float, Fields] = (0.0, {})
         self._history.append(self._probes.take(full=True))
 
-    # -- lifecycle -------------------------------------------------------------------------
-
     def start(self) -> None:
         """Start the watchdog thread (idempotent)."""
         if self._thread is not None:
@@ -276,8 +274,6 @@ class StallWatchdog:
         with contextlib.suppress(RuntimeError):  # already rung, not yet answered
             self._bell.release()
 
-    # -- the loop side ---------------------------------------------------------------------
-
     def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
         tasks.install_task_factory(loop)
         unit = _Unit(LOOP, LOOP)
@@ -310,8 +306,6 @@ class StallWatchdog:
             self._hand_over(ended)
         if watching:
             loop.call_later(self.lag_interval, self._beat, loop, unit)
-
-    # -- the watchdog thread ---------------------------------------------------------------
 
     def _run(self) -> None:
         if self._dump is not None:
