@@ -111,8 +111,9 @@ class ProcessWorker:
                 self._process.kill()
 
     def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
         if self._process is not None:
-            self._process.kill()  # nothing happens if it has exited
             self._process.join(5.0)
         if self._conn is not None:
             self._conn.close()

@@ -90,15 +90,17 @@ class _Unit:
     task: Fields = field(default_factory=dict)
     baseline: Snapshot | None = None
 
-    def end_stretch(self, now: float, took: float, cpu: float) -> _Ended:
-        """The stretch of work ending now, to report if it stalled; its captures are dropped."""
+    def ended(self, now: float, took: float, cpu: float) -> _Ended:
+        """The stretch of work ending now, as a stall to report."""
         request = {**self.task, **self.fields}
-        ended = _Ended(
+        return _Ended(
             self, self.started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
         )
+
+    def moved(self) -> None:
+        """A sign of progress: captures still under way are discarded."""
         self.generation += 1
         self.reported, self.stack, self.baseline = False, None, None
-        return ended
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,8 @@ class StallWatchdog:
         with self._lock:
             self._handlers.discard(unit)
             reported = unit.reported
-            ended = unit.end_stretch(now, now - unit.started, cpu)
+            ended = unit.ended(now, now - unit.started, cpu)
+            unit.moved()
         if reported or ended.cpu > self.threshold:
             # The thread may be gone by the time the watchdog looks: read its wait now.
             stat = schedstat(threading.get_native_id())
@@ -295,14 +298,14 @@ class StallWatchdog:
         lag = max(0.0, now - unit.since)
         EVENTLOOP_LAG.observe(lag)
         with self._lock:
-            stalled = unit.reported or lag > self.threshold
-            ended = unit.end_stretch(now, lag, cpu)
+            ended = unit.ended(now, lag, cpu) if unit.reported or lag > self.threshold else None
+            unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + self.lag_interval
             unit.task = {}
             watching = self._loop_unit is unit
         LAG_WINDOW.beat(lag, now, cpu, unit.since if watching else None)
-        if stalled:
+        if ended is not None:
             self._hand_over(ended)
         if watching:
             loop.call_later(self.lag_interval, self._beat, loop, unit)
