@@ -18,7 +18,8 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import Context, ContextVar
+from contextvars import Context, ContextVar, Token
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -107,34 +108,38 @@ def deadline_after(seconds: float | None) -> AbstractContextManager[None]:
 
     A nested deadline never extends an outer one: the earlier of the two holds.
     """
-    return nullcontext() if seconds is None else _deadline_in(seconds)
-
-
-@contextmanager
-def _deadline_in(seconds: float) -> Iterator[None]:
+    if seconds is None:
+        return nullcontext()
     deadline = time.monotonic() + seconds
     outer = _deadline.get()
-    token = _deadline.set(deadline if outer is None else min(outer, deadline))
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+    return _Setting((_deadline, deadline if outer is None else min(outer, deadline)))
 
 
-@contextmanager
-def bind(request_id: str) -> Iterator[None]:
+def bind(request_id: str) -> AbstractContextManager[None]:
     """Make ``request_id`` current for the duration of the block, and remember the trace
     context the transport's instrumentation made current for this request.
     """
-    id_token = _request_id.set(request_id)
     # Without a span there is nothing to propagate: the propagators are not asked.
     span = trace.get_current_span().get_span_context()
-    trace_token = _traceparent.set(trace_headers().get("traceparent") if span.is_valid else None)
-    try:
-        yield
-    finally:
-        _traceparent.reset(trace_token)
-        _request_id.reset(id_token)
+    traceparent = trace_headers().get("traceparent") if span.is_valid else None
+    return _Setting((_request_id, request_id), (_traceparent, traceparent))
+
+
+class _Setting:
+    """Sets context variables for the duration of a block. A transport enters a few of these
+    for every request: a class costs a fraction of a generator-based context manager.
+    """
+
+    def __init__(self, *values: tuple[ContextVar[Any], object]) -> None:
+        self.values = values
+        self.tokens: list[Token[Any]] = []
+
+    def __enter__(self) -> None:
+        self.tokens = [variable.set(value) for variable, value in self.values]
+
+    def __exit__(self, *_: object) -> None:
+        for (variable, _value), token in zip(self.values, self.tokens, strict=True):
+            variable.reset(token)
 
 
 def snapshot() -> dict[str, str | None]:

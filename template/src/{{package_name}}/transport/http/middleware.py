@@ -23,11 +23,12 @@ from ...runtime.context import (
 )
 from ...runtime.logging import get_logger
 from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
-from .metrics import RequestDurations
+from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
 from .problems import problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
 CLOSE = (b"connection", b"close")
+HTTP_1 = ("1.0", "1.1")
 
 # Probes and scrapes arrive every few seconds: their access log lines are debug level.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
@@ -55,6 +56,10 @@ class RequestRecordMiddleware:
     exception nothing else handled becomes a 500 problem response that names the request id
     and nothing else; the traceback goes to the log.
 
+    Every request is measured. The access log has every error (4xx, 5xx), every request that
+    took ``slow`` seconds or more, and one in ``sample`` of the others, the fast successful
+    ones; ``http_server_access_log_skipped_total`` counts those it leaves out.
+
     One layer rather than one per concern: each layer costs every request an ASGI call and a
     wrapped ``send``, and these four share both.
     """
@@ -66,13 +71,18 @@ class RequestRecordMiddleware:
         close_connections: Callable[[], bool] | None = None,
         *,
         continue_traces: bool = False,
+        sample: int = 1,
+        slow: float = 0.1,
     ) -> None:
         self.app = app
         self.budget = budget
         self.close_connections = close_connections or (lambda: False)
         names = trace_header_names() if continue_traces else ()
         self.trace_headers = frozenset(name.encode() for name in names)
+        self.sample = sample
+        self.slow = slow
         self._durations = RequestDurations()
+        self._skipped = 0  # fast successful requests not logged since the last one that was
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -121,8 +131,15 @@ class RequestRecordMiddleware:
     def _record(self, scope: Scope, status: int, duration: float) -> None:
         route = getattr(scope.get("route"), "path", None) or ""
         self._durations.observe(scope["method"], route, status, scope["scheme"], duration)
+        quiet = scope["path"] in QUIET_PATHS
+        if status < 400 and duration < self.slow and not quiet and self.sample > 1:
+            if self._skipped < self.sample - 1:
+                self._skipped += 1
+                ACCESS_LOG_SKIPPED.inc()
+                return
+            self._skipped = 0
         client = scope.get("client")
-        (log.debug if scope["path"] in QUIET_PATHS else log.info)(
+        (log.debug if quiet else log.info)(
             "request",
             method=scope["method"],
             path=scope["path"],
@@ -138,6 +155,8 @@ class BodySizeLimitMiddleware:
 
     A declared ``content-length`` over the limit is refused before any of the body is read.
     A chunked body is counted as it streams in and refused at the first byte past the limit.
+    A body framed by its ``content-length`` is not counted: the server delivers no more than
+    that, and an HTTP/1 request with neither header has no body.
     """
 
     def __init__(self, app: ASGIApp, max_size: int) -> None:
@@ -148,10 +167,20 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_size:
+        declared: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is not None and declared.isdigit() and int(declared) > self.max_size:
             response = problem_response(413, self._detail())
             await response(scope, receive, send)
+            return
+        framed = declared.isdigit() if declared is not None else scope["http_version"] in HTTP_1
+        if framed and not chunked:
+            await self.app(scope, receive, send)
             return
         received = 0
 
@@ -170,5 +199,3 @@ class BodySizeLimitMiddleware:
 
     def _detail(self) -> str:
         return f"The request body is larger than the limit of {self.max_size} bytes."
-
-
