@@ -82,7 +82,7 @@ class RequestRecordMiddleware:
         self.sample = sample
         self.slow = slow
         self._durations = RequestDurations()
-        self._skipped = 0  # fast successful requests not logged since the last one that was
+        self._to_skip = 0  # fast successful requests to leave out before the next line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -132,12 +132,12 @@ class RequestRecordMiddleware:
         route = getattr(scope.get("route"), "path", None) or ""
         self._durations.observe(scope["method"], route, status, scope["scheme"], duration)
         quiet = scope["path"] in QUIET_PATHS
-        if status < 400 and duration < self.slow and not quiet and self.sample > 1:
-            if self._skipped < self.sample - 1:
-                self._skipped += 1
+        if status < 400 and duration < self.slow and not quiet:
+            if self._to_skip:
+                self._to_skip -= 1
                 ACCESS_LOG_SKIPPED.inc()
                 return
-            self._skipped = 0
+            self._to_skip = self.sample - 1
         client = scope.get("client")
         (log.debug if quiet else log.info)(
             "request",
