@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import importlib
 import io
 import os
@@ -114,7 +115,8 @@ def _over_the_network(
             else:
                 command = [python, "-m", package]
                 env = settings_env(project, port=port, host="127.0.0.1", offload_workers=1)
-            with Service(command, lambda: http_answers(url), env, cwd=project) as server:
+            ready = functools.partial(http_answers, url)
+            with Service(command, ready, env, cwd=project) as server:
                 assert server.process is not None
                 results.append(_wrk(url, seconds, connections, server.process.pid))
     for name, results in runs.items():
