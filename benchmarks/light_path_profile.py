@@ -17,8 +17,9 @@ formatting is measured, the terminal is not.
 
 With ``--wrk SECONDS`` it then measures the same over the network: both apps as servers
 (uvicorn, uvloop, httptools; one offload worker each), one after the other, REPEAT rounds,
-each loaded by wrk on ``GET /v1/ping`` for SECONDS; it prints requests per second (median of
-the rounds) and the median of the rounds' bare / generated ratios.
+each loaded by wrk on ``GET /v1/ping`` for SECONDS. It prints requests per second and the
+server's CPU time per request (medians of the rounds), and generated / bare for both (the
+median of the rounds' ratios). On a shared machine the CPU ratio is the steadier one.
 """
 
 from __future__ import annotations
