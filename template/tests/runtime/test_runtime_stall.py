@@ -8,7 +8,6 @@ the request that blocked, and a handler waiting for offloaded work.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from otlp_receiver import Receiver, attributes
-from runtime_support import Scenario
+from runtime_support import Scenario, wait_for_text
 
 REQUEST_ID = "req-loop-7"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -49,17 +48,6 @@ class Blocker:
 
     def release(self) -> None:
         self.release_file.touch()
-
-
-def wait_for_text(path: Path, text: str, timeout: float = 30.0) -> str:
-    """The content of ``path`` once it contains ``text``; fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text(encoding="utf-8") if path.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.02)
-    pytest.fail(f"{path} did not come to contain {text!r} within {timeout} s")
 
 
 def assert_names_the_request(event: dict[str, object]) -> None:
