@@ -63,18 +63,23 @@ def main() -> int:
     client = Client(package)
 
     timings: dict[str, dict[str, list[float]]] = {
-        name: {"sequential": [], "concurrent": []} for name in ("bare", "generated")
+        name: {"sequential": [], "concurrent": [], "cpu": []} for name in ("bare", "generated")
     }
     with _bare(project, package, flavour) as bare, _generated(project, package) as generated:
-        servers = {"bare": bare.port, "generated": generated.port}  # type: ignore[attr-defined]
-        for port in servers.values():
-            client.sequential(port, 200)  # warm-up: connections, first-call imports
+        servers = {"bare": bare, "generated": generated}
+        for server in servers.values():
+            client.sequential(server.port, 200)  # type: ignore[attr-defined]  # warm-up
         for _ in range(args.repeat):
-            for name, port in servers.items():
+            for name, server in servers.items():
+                port: int = server.port  # type: ignore[attr-defined]
+                assert server.process is not None
+                cpu = _cpu_seconds(server.process.pid)
                 timings[name]["sequential"].append(client.sequential(port, args.calls))
                 timings[name]["concurrent"].append(
                     client.concurrent(port, args.calls, args.concurrency)
                 )
+                spent = _cpu_seconds(server.process.pid) - cpu
+                timings[name]["cpu"].append(spent / (2 * args.calls))
     _table(timings, transport, args)
     if not args.no_profile:
         _profile(project, package, flavour, client, args)
@@ -154,24 +159,36 @@ def _generated(project: Path, package: str, command: list[str] | None = None) ->
     return service
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far, all its threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _table(
     timings: dict[str, dict[str, list[float]]], transport: str, args: argparse.Namespace
 ) -> None:
-    print(f"{transport}: Ping, median of {args.repeat} rounds of {args.calls} calls")
+    print(f"{transport}: Ping, median of {args.repeat} rounds of {args.calls} calls each way")
     for name, modes in timings.items():
         sequential = statistics.median(modes["sequential"]) * 1e6
         concurrent = statistics.median(modes["concurrent"])
+        cpu = statistics.median(modes["cpu"]) * 1e6
         print(
             f"{name:>9}: {sequential:7.1f} µs per call one by one, "
-            f"{concurrent:7.0f} calls/s with {args.concurrency} in flight"
+            f"{concurrent:7.0f} calls/s with {args.concurrency} in flight, "
+            f"server CPU {cpu:6.1f} µs per call"
         )
-    for mode in ("sequential", "concurrent"):
-        bare, generated = timings["bare"][mode], timings["generated"][mode]
-        # Per round, then the median: a change in the machine's load hits both alike.
-        pairs = zip(bare, generated, strict=True)
-        ratios = [b / g if mode == "sequential" else g / b for b, g in pairs]
+    # Per round, then the median: a change in the machine's load hits both alike. Server CPU
+    # per call is the steadiest on a shared machine: it hardly depends on who else runs.
+    for mode, label in (
+        ("sequential", "speed one by one"),
+        ("concurrent", "speed in flight"),
+        ("cpu", "server CPU per call"),
+    ):
+        pairs = zip(timings["bare"][mode], timings["generated"][mode], strict=True)
+        ratios = [g / b if mode == "concurrent" else b / g for b, g in pairs]
         print(
-            f"generated / bare speed, {mode}: {statistics.median(ratios):.2f} "
+            f"generated / bare, {label}: {statistics.median(ratios):.2f} "
             f"({min(ratios):.2f}-{max(ratios):.2f})"
         )
 

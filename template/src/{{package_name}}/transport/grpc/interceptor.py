@@ -28,7 +28,8 @@ from .errors import tolerant
 from .metrics import method_metrics
 from .rpc import AccessLog, RpcRecord, is_observed
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+# grpcio's stubs make the handler generic; at run time it is not.
+type Handler = grpc.RpcMethodHandler[Any, Any]
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
