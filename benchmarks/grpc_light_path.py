@@ -211,17 +211,17 @@ def _profile(
             deadline = time.monotonic() + 30
             while not out.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        stats = pstats.Stats(str(out))
-    calls = 2 * args.calls
-    for sort, title, restriction in (
-        ("tottime", "own time", []),
-        ("cumulative", "cumulative time, the service's own code", [f"{package}/"]),
+        own = pstats.Stats(str(out)).strip_dirs().sort_stats("tottime")
+        service = pstats.Stats(str(out)).sort_stats("cumulative")
+    for stats, title, restriction in (
+        (own, "own time", []),
+        (service, "cumulative time, the service's own code", [f"/{package}/"]),
     ):
         text = io.StringIO()
         stats.stream = text  # type: ignore[attr-defined]
-        stats.strip_dirs().sort_stats(sort).print_stats(*restriction, args.top)
-        print(f"\n--- generated server, {calls} Ping calls, by {title} ---")
-        print(text.getvalue().split("\n\n", 1)[-1].strip())
+        stats.print_stats(*restriction, args.top)
+        print(f"\n--- generated server, {2 * args.calls} Ping calls, by {title} ---")
+        print(text.getvalue().split("\n\n", 1)[-1].strip().replace(str(project / "src") + "/", ""))
 
 
 def _profiled_server(out: str, package: str, flavour: str) -> int:
