@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from conftest import ServiceProcess, wait_until
 from grpc_support import SERVICE, GrpcService, documents_pb2, documents_pb2_grpc, start_grpc
@@ -35,13 +36,14 @@ def test_fast_ok_calls_are_sampled_and_counted_failures_never(
     with service.channel() as channel:
         raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/{PING}")
         for _ in range(2):
-            try:
+            with pytest.raises(grpc.RpcError) as raised:
                 raw(GARBAGE, timeout=10)
-            except grpc.RpcError as error:
-                assert isinstance(error, grpc.Call)
-                assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+    def failed() -> list[dict[str, Any]]:
+        return [line for line in _lines(service, PING) if line["status"] != "OK"]
+
     # The failures come last: once their lines are in, so is every line before them.
-    failed = lambda: [l for l in _lines(service, PING) if l["status"] != "OK"]  # noqa: E731
     wait_until(lambda: len(failed()) == 2, what="a line for each failed call")
     sampled = [line for line in _lines(service, PING) if line["status"] == "OK"]
     assert [(line["request_id"], line["skipped"]) for line in sampled] == [
