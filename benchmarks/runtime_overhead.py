@@ -44,6 +44,12 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle window per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row (median shown)")
     parser.add_argument("--calls", type=int, default=2000, help="offloaded calls per run")
+    parser.add_argument(
+        "--busy-only", action="store_true", help="only the busy-loop table (the load-cost one)"
+    )
+    parser.add_argument(
+        "--phase-seconds", type=float, default=1.0, help="length of each busy-loop phase"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -54,6 +60,9 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
+    if args.busy_only:
+        _print_busy(args)
+        return 0
     print("Idle CPU, % of one core (median of runs; threshold 0.1 s, heartbeat every 0.1 s)\n")
     print("| process | watchdog | CPU % | added by the watchdog |\n|---|---|---|---|")
     baseline = None
@@ -66,11 +75,7 @@ def main() -> int:
     print(f"| sync (gRPC) | none | {sync_none:.3f} | +0.000 |")
     print(f"| sync (gRPC) | thread+faulthandler | {sync_full:.3f} | {sync_full - sync_none:+.3f} |")
 
-    print("\nBusy loop: trivial coroutines per CPU second, watchdog off and on in turns\n")
-    print("| watchdog | coroutines per CPU s | change |\n|---|---|---|")
-    busy = _child(args, "busy", "full")
-    print(f"| none | {busy['none']:,.0f} | |")
-    print(f"| full | {busy['full']:,.0f} | {busy['change_percent']:+.2f} % (median of pairs) |")
+    _print_busy(args)
     print("\nOffload overhead per call (a function that does nothing; median of runs)\n")
     print(
         "| executor | sequential µs/call | direct call µs | in flight | calls/s |"
@@ -89,9 +94,18 @@ def main() -> int:
     return 0
 
 
+def _print_busy(args: argparse.Namespace) -> None:
+    print("\nBusy loop: trivial coroutines per CPU second, watchdog off and on in turns\n")
+    print("| watchdog | coroutines per CPU s | change |\n|---|---|---|")
+    busy = _child(args, "busy", "full")
+    print(f"| none | {busy['none']:,.0f} | |")
+    print(f"| full | {busy['full']:,.0f} | {busy['change_percent']:+.2f} % (median of pairs) |")
+
+
 def _child(args: argparse.Namespace, child: str, mode: str) -> dict[str, float]:
     command = [sys.executable, __file__, str(args.project), "--child", child, "--mode", mode]
     command += ["--idle-seconds", str(args.idle_seconds), "--calls", str(args.calls)]
+    command += ["--phase-seconds", str(args.phase_seconds)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return result
@@ -172,11 +186,11 @@ def _busy(package: str, args: argparse.Namespace) -> dict[str, float]:
         rates: dict[str, list[float]] = {"none": [], "full": []}
         await phase(0.5)  # warm up
         for _ in range(max(5, int(3 * args.idle_seconds))):
-            rates["none"].append(await phase(0.3))
+            rates["none"].append(await phase(args.phase_seconds))
             watchdog = stall.StallWatchdog(0.1, lag_interval=0.1)
             watchdog.start()
             watchdog.watch_loop()
-            rates["full"].append(await phase(0.3))
+            rates["full"].append(await phase(args.phase_seconds))
             watchdog.stop()
         ratios = [full / none for none, full in zip(rates["none"], rates["full"], strict=True)]
         return {
