@@ -92,17 +92,6 @@ class AccessLog:
 class RpcRecord:
     """One application RPC being handled."""
 
-    __slots__ = (
-        "access_log",
-        "context",
-        "method",
-        "metrics",
-        "request_id",
-        "started",
-        "time_remaining",
-        "trace",
-    )
-
     def __init__(
         self,
         method: str,
