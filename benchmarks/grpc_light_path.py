@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from service import Service, answer, free_port, http_answers, project_python, settings_env
 
