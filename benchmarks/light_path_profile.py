@@ -2,9 +2,10 @@
 
 Calls each ASGI app directly (no sockets, no uvicorn) with ``GET /v1/ping`` N times on one
 event loop, so what is measured is the per-request plumbing above the server: middleware,
-routing, request context, access log, metrics. Prints microseconds per request for both apps
-(median of REPEAT rounds), then cProfile's view of the generated app: the functions with the
-most time of their own, and the middleware layers by cumulative time.
+routing, request context, access log, metrics. Prints the CPU microseconds per request of the
+generated app, of the same app without its middleware (routing and endpoint only) and of the
+bare app (median of REPEAT rounds), then cProfile's view of the generated app: the functions
+with the most time of their own, and the middleware layers by cumulative time.
 
 Run it with a generated FastAPI project's interpreter::
 
@@ -13,6 +14,12 @@ Run it with a generated FastAPI project's interpreter::
 
 The access log goes to /dev/null at the level the service logs at by default (info): its
 formatting is measured, the terminal is not.
+
+With ``--wrk SECONDS`` it then measures the same over the network: both apps as servers
+(uvicorn, uvloop, httptools; one offload worker each), one after the other, REPEAT rounds,
+each loaded by wrk on ``GET /v1/ping`` for SECONDS. It prints requests per second and the
+server's CPU time per request (medians of the rounds), and generated / bare for both (the
+median of the rounds' ratios). On a shared machine the CPU ratio is the steadier one.
 """
 
 from __future__ import annotations
@@ -20,17 +27,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import importlib
 import io
 import os
 import pstats
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from service import answer
+from service import Service, answer, free_port, http_answers, project_python, settings_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,6 +51,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--wrk", type=float, metavar="SECONDS", help="then measure over HTTP")
+    parser.add_argument("--connections", type=int, default=96, help="wrk's connections")
     args = parser.parse_args()
     package = answer(args.project, "package_name")
     os.environ.setdefault(f"{package.upper()}_OFFLOAD_WORKERS", "1")
@@ -49,19 +61,26 @@ def main() -> int:
     sys.path.insert(0, str(args.project / "src"))
 
     generated = _generated_app(package)
+    # The same app without the service's middleware: what routing and the endpoint cost.
+    unwrapped = _generated_app(package)
+    unwrapped.user_middleware = []
     bare = _bare_app(package)
+    apps = {"generated": generated, "generated, no middleware": unwrapped, "bare": bare}
 
     async def run() -> None:
-        for app in (generated, bare):
+        for app in apps.values():
             await _lifespan(app, "startup")
-        timings: dict[str, list[float]] = {"generated": [], "bare": []}
+        timings: dict[str, list[float]] = {name: [] for name in apps}
         for _ in range(args.repeat):
-            for name, app in (("generated", generated), ("bare", bare)):
+            for name, app in apps.items():
                 timings[name].append(await _per_request(app, args.requests))
+        bare_time = statistics.median(timings["bare"])
         for name, values in timings.items():
-            print(f"{name:>9}: {statistics.median(values) * 1e6:7.1f} µs per GET /v1/ping")
-        ratio = statistics.median(timings["bare"]) / statistics.median(timings["generated"])
-        print(f"bare / generated: {ratio:.2f} (the share of bare speed the plumbing leaves)")
+            spent = statistics.median(values)
+            print(
+                f"{name:>24}: {spent * 1e6:7.1f} µs of CPU per GET /v1/ping, "
+                f"bare / this {bare_time / spent:.2f}"
+            )
 
         profiler = cProfile.Profile()
         profiler.enable()
@@ -73,11 +92,74 @@ def main() -> int:
             stats.print_stats(args.top)
             print(f"\n--- generated app, {args.requests} requests, by {title} ---")
             print(out.getvalue().split("\n\n", 1)[-1].strip())
-        for app in (generated, bare):
+        for app in apps.values():
             await _lifespan(app, "shutdown")
 
     asyncio.run(run())
+    if args.wrk:
+        _over_the_network(args.project, package, args.repeat, args.wrk, args.connections)
     return 0
+
+
+def _over_the_network(
+    project: Path, package: str, repeat: int, seconds: float, connections: int
+) -> None:
+    python = project_python(project)
+    runs: dict[str, list[tuple[float, float]]] = {"generated": [], "bare": []}
+    for _ in range(repeat):
+        for name, results in runs.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/v1/ping"
+            if name == "bare":
+                command = [python, str(HERE / "bare" / "http_fix.py"), package, str(port)]
+                env = None
+            else:
+                command = [python, "-m", package]
+                env = settings_env(project, port=port, host="127.0.0.1", offload_workers=1)
+            ready = functools.partial(http_answers, url)
+            with Service(command, ready, env, cwd=project) as server:
+                assert server.process is not None
+                results.append(_wrk(url, seconds, connections, server.process.pid))
+    for name, results in runs.items():
+        rates = [rate for rate, _ in results]
+        cpu = statistics.median(cpu for _, cpu in results)
+        print(
+            f"{name:>9}: {statistics.median(rates):7,.0f} requests/s over HTTP "
+            f"({', '.join(f'{rate:,.0f}' for rate in rates)}), "
+            f"server CPU {cpu * 1e6:5.1f} µs per request"
+        )
+    rate_ratios, cpu_ratios = [], []
+    for (rate, cpu), (bare_rate, bare_cpu) in zip(*runs.values(), strict=True):
+        rate_ratios.append(rate / bare_rate)
+        cpu_ratios.append(bare_cpu / cpu)
+    for what, ratios in (("requests/s", rate_ratios), ("server CPU", cpu_ratios)):
+        print(
+            f"generated / bare over HTTP, {what}: {statistics.median(ratios):.2f} "
+            f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ratios)})"
+        )
+
+
+def _wrk(url: str, seconds: float, connections: int, pid: int) -> tuple[float, float]:
+    """Requests per second, and the server's CPU seconds per request (on a shared machine,
+    the steadier of the two: time the server waits for a core is not in it)."""
+    cpu_before = _cpu_seconds(pid)
+    wrk = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    cpu = _cpu_seconds(pid) - cpu_before
+    if "Non-2xx" in wrk.stdout:
+        raise SystemExit(f"GET /v1/ping failed:\n{wrk.stdout}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
+    total = re.search(r"(\d+) requests in", wrk.stdout)
+    assert rate is not None and total is not None, wrk.stdout
+    return float(rate.group(1)), cpu / int(total.group(1))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _generated_app(package: str) -> Any:
@@ -149,12 +231,13 @@ async def _per_request(app: Any, count: int) -> float:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    started = time.perf_counter()
+    # CPU time, not wall time: on a shared machine, time spent waiting for a core is noise.
+    started = time.process_time()
     for index in range(count):
         await app(dict(scope), receive, send)
         if index % 100 == 0:
             await asyncio.sleep(0)  # let the heartbeat and other callbacks run, as in a server
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     if set(statuses) != {200}:
         raise SystemExit(f"GET /v1/ping answered {sorted(set(statuses))}, not only 200")
     return elapsed / count

@@ -9,9 +9,11 @@ the trace it belongs to.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -80,7 +82,7 @@ def configure_logging(
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ]
     # The standard library's records (uvicorn, grpc, other libraries) get the same processors
     # through a formatter; the service's own events skip the standard library altogether.
@@ -103,6 +105,18 @@ def configure_logging(
         logger_factory=lambda name="root", *_: NamedWriteLogger(output, name),
         cache_logger_on_first_use=True,
     )
+
+
+def _dumps(value: object, **options: Any) -> str:
+    """``json.dumps``, without building a new encoder for every line as it does when given
+    options (structlog passes ``default``): that was a fifth of the cost of a line.
+    """
+    return _encoder(**options).encode(value)
+
+
+@functools.cache
+def _encoder(default: Callable[[object], object]) -> json.JSONEncoder:
+    return json.JSONEncoder(default=default)
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:

@@ -6,7 +6,7 @@ the client retries and queues more. Here the connection (``protocol.py``) cancel
 the request it was serving when it is lost before the response was complete; the cancellation
 reaches ``await offload(...)``, which drops the queued call or stops its worker process.
 
-:class:`AbandonOnDisconnectMiddleware` registers the task and ends the request quietly: the
+The request's record (``middleware.py``) registers the task and ends the request quietly: the
 client is gone, so there is nothing to answer. The access log records it with status 499,
 the code proxies use for "client closed request".
 """
@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from ...runtime.logging import get_logger
 
@@ -39,34 +39,16 @@ class HandlerTask:
             self.abandoned = True
             self.task.cancel()
 
+    def end_quietly(self, scope: Scope) -> None:
+        """After the cancellation has unwound the abandoned request's handler: the request
+        ends normally, with nothing sent, and the log says what happened.
+        """
+        self.task.uncancel()
+        log.info("request_abandoned", method=scope["method"], path=scope["path"])
+
 
 def abandon_handler(scope: Mapping[str, Any]) -> None:
     """Called by the connection when it is lost with ``scope``'s response unfinished."""
     handler = scope.get(HANDLER_KEY)
     if isinstance(handler, HandlerTask):
         handler.abandon()
-
-
-def was_abandoned(scope: Scope) -> bool:
-    handler = scope.get(HANDLER_KEY)
-    return isinstance(handler, HandlerTask) and handler.abandoned
-
-
-class AbandonOnDisconnectMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        if scope["type"] != "http" or task is None:
-            await self.app(scope, receive, send)
-            return
-        handler = HandlerTask(task)
-        scope[HANDLER_KEY] = handler
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            if not handler.abandoned:
-                raise  # the server is stopping, or the handler cancelled something itself
-            task.uncancel()
-            log.info("request_abandoned", method=scope["method"], path=scope["path"])

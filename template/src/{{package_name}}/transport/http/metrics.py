@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
 
@@ -22,6 +22,11 @@ REQUEST_DURATION = Histogram(
     ["http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"],
     unit="seconds",
     buckets=REQUEST_BUCKETS,
+)
+
+ACCESS_LOG_SKIPPED = Counter(
+    "http_server_access_log_skipped",
+    "Fast successful requests left out of the access log by its sampling (ACCESS_LOG_SAMPLE).",
 )
 
 # RFC 9110's methods, PATCH and QUERY; any other is counted as "_OTHER", so a client cannot
