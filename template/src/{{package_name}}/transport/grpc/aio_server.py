@@ -56,7 +56,7 @@ async def serve(settings: GrpcSettings) -> int:
             RequestInterceptor(
                 Admission(settings.max_concurrent_rpcs),
                 continue_traces=not exporting,
-                access_log=AccessLog(settings.access_log_every, settings.access_log_slow),
+                access_log=AccessLog(settings.access_log_sample, settings.stall_threshold),
             ),
         ],
         options=settings.server_options(),

@@ -19,7 +19,7 @@ import grpc
 from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
 from ...runtime.logging import get_logger
 from .errors import is_expected
-from .metrics import MethodMetrics
+from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
 REQUEST_ID_KEY = "x-request-id"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
@@ -51,36 +51,29 @@ def _read(
 class AccessLog:
     """Which finished RPCs get an access log line, and the line.
 
-    Every call that failed or took ``slow`` seconds or more is logged. Of a method's fast OK
-    calls, the first and then one in ``every`` are; such a line counts the calls before it
-    that were not logged (``skipped``). ``every=1`` logs every call.
+    Every call that failed or took ``slow`` seconds or more is logged; of the others, the fast
+    OK ones, the first and then one in ``sample``. ``rpc_server_access_log_skipped_total``
+    counts those left out. ``sample=1`` logs every call.
     """
 
-    def __init__(self, every: int = 1, slow: float = 0.0) -> None:
-        self.every = every
+    def __init__(self, sample: int = 1, slow: float = 0.1) -> None:
+        self.sample = sample
         self.slow = slow
-        self._fast_ok: dict[str, Iterator[int]] = {}
+        self._fast_ok = itertools.count()  # next() on it is atomic: no lock on threads
 
     def write(
         self, record: RpcRecord, code: grpc.StatusCode, seconds: float, error: Exception | None
     ) -> None:
-        skipped = None
-        if self.every > 1 and code is grpc.StatusCode.OK and seconds < self.slow:
-            calls = self._fast_ok.get(record.method)
-            if calls is None:  # next() on a shared count is atomic: no lock needed
-                calls = self._fast_ok.setdefault(record.method, itertools.count())
-            seen = next(calls)
-            if seen % self.every:
-                return
-            skipped = self.every - 1 if seen else 0
+        fast_ok = code is grpc.StatusCode.OK and seconds < self.slow
+        if self.sample > 1 and fast_ok and next(self._fast_ok) % self.sample:
+            ACCESS_LOG_SKIPPED.inc()
+            return
         fields: dict[str, Any] = {
             "method": record.method,
             "status": code.name,
             "duration_ms": round(seconds * 1000, 2),
             "peer": record.context.peer(),
         }
-        if skipped is not None:
-            fields["skipped"] = skipped
         if error is not None and not is_expected(error):
             log.error("request", **fields, exc_info=error)
             return

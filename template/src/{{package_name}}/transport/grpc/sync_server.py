@@ -60,7 +60,7 @@ def serve(settings: GrpcSettings) -> int:
                 admission,
                 runtime.watchdog,
                 continue_traces=not exporting,
-                access_log=AccessLog(settings.access_log_every, settings.access_log_slow),
+                access_log=AccessLog(settings.access_log_sample, settings.stall_threshold),
             ),
         ],
         options=settings.server_options(),
