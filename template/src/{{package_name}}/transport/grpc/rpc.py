@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -121,9 +121,8 @@ class RpcRecord:
         active = self.metrics.active
         active.inc()
         try:
-            # A context manager costs about a microsecond: none without a trace to continue.
             with (
-                continue_trace(self.trace) if self.trace else nullcontext(),
+                continue_trace(self.trace),
                 bind(self.request_id),
                 deadline_after(self.time_remaining),
             ):
