@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,14 @@ def dump_section(lines: list[str], thread: str) -> list[str]:
                 section.append(frame)
             return section
     return []
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 30.0) -> str:
+    """The content of ``path`` once it contains ``text``; fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.02)
+    pytest.fail(f"{path} did not come to contain {text!r} within {timeout} s")
