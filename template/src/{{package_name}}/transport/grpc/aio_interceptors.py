@@ -7,7 +7,6 @@ Each RPC runs as its own asyncio task. Stalls are watched for the whole event lo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -17,7 +16,7 @@ import grpc
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .interceptor import InterceptorCore, deadline_passed
-from .rpc import RpcRecord, is_observed
+from .rpc import RpcRecord
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -34,9 +33,9 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_observed(method):
-            return handler  # None: grpcio answers UNIMPLEMENTED
-        return self.rebuild(handler, method)
+        if handler is None:
+            return None  # grpcio answers UNIMPLEMENTED
+        return self.rebuilt(handler, method)
 
     def handle(self, behavior: Any, method: str, *, streamed: bool) -> Any:
         # grpc.aio reuses grpc.RpcMethodHandler, whose types describe synchronous behaviours;
@@ -46,55 +45,41 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
             return self._async_generator(behavior, method)
         return self._coroutine(behavior, method, streamed=streamed)
 
-    @contextlib.asynccontextmanager
-    async def _admitted(self, context: Context) -> AsyncIterator[None]:
-        """Inside, the RPC holds a place; past the limit it is refused at once."""
-        if not self.admission.try_enter():
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
-        try:
-            yield
-        finally:
-            self.admission.leave()
-
-    @contextlib.asynccontextmanager
-    async def _observed(
-        self, method: str, request: Any, context: Context, *, metadata_first: bool
-    ) -> AsyncIterator[None]:
-        """Inside runs the handler: admitted, recorded, and whatever it raises is its status."""
-        async with self._admitted(context):
-            record = self.begin(method, context)
-            if metadata_first:  # the handler streams responses: the id goes ahead of them
-                await context.send_initial_metadata(record.response_metadata)
-            with record.scope():
-                if request is UNDECODABLE:
-                    await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-                try:
-                    yield
-                except asyncio.CancelledError:
-                    record.finish(_cancelled_code(context))
-                    raise
-                except Exception as error:  # every failure becomes a status
-                    await _fail(record, context, error)
-                record.finish(context.code() or grpc.StatusCode.OK)
-
     def _coroutine(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
-        observed = self._observed
+        admission, begin = self.admission, self.begin
 
+        # No async context manager here: contextlib's costs as much as the rest of the wrapper
+        # together, and this runs for every RPC.
         async def handle(request: Any, context: Context) -> Any:
-            async with observed(method, request, context, metadata_first=streamed):
-                return await behavior(request, context)
+            if not admission.try_enter():
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
+            try:
+                record = begin(method, context)
+                if streamed:  # the handler writes responses: the id goes ahead of them
+                    await context.send_initial_metadata(record.response_metadata)
+                with record.scope():
+                    if request is UNDECODABLE:
+                        await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
+                    try:
+                        response = await behavior(request, context)
+                    except asyncio.CancelledError:
+                        record.finish(_cancelled_code(context))
+                        raise
+                    except Exception as error:  # every failure becomes a status
+                        await _fail(record, context, error)
+                    record.finish(context.code() or grpc.StatusCode.OK)
+                    return response
+            finally:
+                admission.leave()
 
         return handle
 
-    def _async_generator(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
-        observed = self._observed
+    def _async_generator(self, behavior: StreamBehavior, method: str) -> Behavior:
+        async def write_each(request: Any, context: Context) -> None:
+            async for response in behavior(request, context):
+                await context.write(response)
 
-        async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with observed(method, request, context, metadata_first=True):
-                async for response in behavior(request, context):
-                    yield response
-
-        return handle
+        return self._coroutine(write_each, method, streamed=True)
 
 
 async def _fail(record: RpcRecord, context: Context, error: Exception) -> NoReturn:

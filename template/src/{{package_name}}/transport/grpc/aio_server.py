@@ -31,6 +31,7 @@ from .aio_interceptors import RequestInterceptor
 from .health import AioHealth
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
+from .rpc import AccessLog
 from .settings import GrpcSettings
 from .tracing import aio_tracing_interceptor
 
@@ -52,7 +53,11 @@ async def serve(settings: GrpcSettings) -> int:
     server = grpc.aio.server(
         interceptors=[
             *([aio_tracing_interceptor()] if exporting else []),
-            RequestInterceptor(Admission(settings.max_concurrent_rpcs), continue_traces=not exporting),
+            RequestInterceptor(
+                Admission(settings.max_concurrent_rpcs),
+                continue_traces=not exporting,
+                access_log=AccessLog(settings.access_log_sample, settings.stall_threshold),
+            ),
         ],
         options=settings.server_options(),
     )

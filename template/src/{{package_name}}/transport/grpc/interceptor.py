@@ -1,8 +1,9 @@
 """What both gRPC servers do around every application RPC; each flavour writes only ``handle``.
 
 grpcio asks the interceptor for each RPC's handler. Health checks and reflection pass through
-untouched; an application RPC's handler is rebuilt around the flavour's ``handle``
-(``sync_interceptors.py`` or ``aio_interceptors.py``), which, in this order:
+untouched; an application method's handler is rebuilt around the flavour's ``handle``
+(``sync_interceptors.py`` or ``aio_interceptors.py``) once, at its first call, and reused.
+``handle`` does, in this order:
 
 1. refuses the RPC with RESOURCE_EXHAUSTED at once past ``max_concurrent_rpcs`` (``admission.py``);
 2. takes the request id from ``x-request-id`` metadata (or makes one) and sends it back in
@@ -11,7 +12,8 @@ untouched; an application RPC's handler is rebuilt around the flavour's ``handle
    writes and every call it offloads (offloaded work stops at the deadline);
 4. turns an exception, or a request message that cannot be parsed, into a status
    (``errors.py``): the client gets a useful message, never internals, and the server carries on;
-5. writes one access log line and observes ``rpc_server_call_duration_seconds`` (``rpc.py``).
+5. writes the access log line (``rpc.py``: every failed or slow call, and all or a sample of
+   the others) and observes ``rpc_server_call_duration_seconds`` (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ import grpc
 from ...runtime.context import trace_header_names
 from .admission import Admission
 from .errors import tolerant
-from .rpc import RpcRecord
+from .metrics import method_metrics
+from .rpc import AccessLog, RpcRecord, is_observed
+
+# grpcio's stubs make the handler generic; at run time it is not.
+type Handler = grpc.RpcMethodHandler[Any, Any]
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -43,18 +49,43 @@ class Context(Protocol):
 
 
 class InterceptorCore:
-    """Rebuilds application handlers around :meth:`handle`."""
+    """Rebuilds application handlers around :meth:`handle`, once per method."""
 
-    def __init__(self, admission: Admission, *, continue_traces: bool = False) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        *,
+        continue_traces: bool = False,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.admission = admission
         # Without OpenTelemetry's interceptor ahead (nothing is exported), the caller's trace
         # context is continued here, for log lines and offloaded work.
         self.trace_keys = trace_header_names() if continue_traces else frozenset()
+        self.access_log = access_log or AccessLog()
+        # method -> (the handler grpcio gave, the one rebuilt around it)
+        self._rebuilt: dict[str, tuple[Handler, Handler]] = {}
 
-    def rebuild(
-        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """``handler`` with its behaviour wrapped by :meth:`handle`, whatever its arity."""
+    def rebuilt(self, handler: Handler, method: str) -> Handler:
+        """``handler`` with its behaviour wrapped by :meth:`handle`, whatever its arity;
+        health checks' and reflection's as :meth:`infrastructure` says.
+        """
+        known = self._rebuilt.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        # Two threads may both rebuild a method at its first calls: either result will do.
+        if is_observed(method):
+            wrapped = self._rebuild(handler, method)
+        else:
+            wrapped = self.infrastructure(handler)
+        self._rebuilt[method] = (handler, wrapped)
+        return wrapped
+
+    def infrastructure(self, handler: Handler) -> Handler:
+        """How health checks and reflection are served: as they are, unless a flavour says."""
+        return handler
+
+    def _rebuild(self, handler: Handler, method: str) -> Handler:
         deserializer = handler.request_deserializer
         if not handler.request_streaming:
             deserializer = tolerant(deserializer)  # garbage: INVALID_ARGUMENT, not INTERNAL
@@ -75,12 +106,8 @@ class InterceptorCore:
 
     def begin(self, method: str, context: Context) -> RpcRecord:
         """Start the record of an RPC; its request id goes back in the trailing metadata."""
-        record = RpcRecord.begin(
-            method,
-            context.invocation_metadata(),
-            context.peer(),
-            context.time_remaining(),
-            self.trace_keys,
+        record = RpcRecord(
+            method, method_metrics(method), self.access_log, context, self.trace_keys
         )
         # Trailing metadata reaches every client; sending initial metadata on its own would
         # cost an extra round of work per RPC (a quarter more CPU for a light unary RPC).

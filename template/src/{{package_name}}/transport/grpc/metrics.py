@@ -5,13 +5,14 @@ it: ``rpc_server_call_duration_seconds``, with the labels ``rpc_system_name`` (`
 ``rpc_method`` (``package.Service/Method``), ``rpc_response_status_code`` (``OK``,
 ``DEADLINE_EXCEEDED``, ...) and ``error_type`` (the status code when gRPC's conventions count
 it as a server error, empty otherwise). ``rpc_server_active_calls`` counts the RPCs being
-handled, with the same names for the method.
+handled, with the same names for the method. ``rpc_server_access_log_skipped_total`` counts
+the calls the access log's sampling leaves out.
 """
 
 from __future__ import annotations
 
 import grpc
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
 
@@ -28,6 +29,11 @@ ACTIVE_CALLS = Gauge(
     "rpc_server_active_calls",
     "RPCs accepted by the server and not finished yet.",
     ["rpc_system_name", "rpc_method"],
+)
+
+ACCESS_LOG_SKIPPED = Counter(
+    "rpc_server_access_log_skipped",
+    "Fast OK calls left out of the access log by its sampling (ACCESS_LOG_SAMPLE).",
 )
 
 # The codes that mean the server failed; the others say something about the request.

@@ -8,17 +8,18 @@ seconds: they get no record, no log line and no metrics.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
 from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
 from ...runtime.logging import get_logger
 from .errors import is_expected
-from .metrics import MethodMetrics, method_metrics
+from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
 REQUEST_ID_KEY = "x-request-id"
 UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
@@ -40,50 +41,72 @@ def _read(
     request_id = None
     trace: dict[str, str] = {}
     for name, value in metadata or ():
-        if not isinstance(value, str):
-            continue
-        if name == REQUEST_ID_KEY:
+        if name == REQUEST_ID_KEY and isinstance(value, str):
             request_id = value
-        elif name in trace_keys:
+        elif name in trace_keys and isinstance(value, str):
             trace[name] = value
     return request_id, trace
 
 
-@dataclass
+class AccessLog:
+    """Which finished RPCs get an access log line, and the line.
+
+    Every call that failed or took ``slow`` seconds or more is logged; of the others, the fast
+    OK ones, the first and then one in ``sample``. ``rpc_server_access_log_skipped_total``
+    counts those left out. ``sample=1`` logs every call.
+    """
+
+    def __init__(self, sample: int = 1, slow: float = 0.1) -> None:
+        self.sample = sample
+        self.slow = slow
+        self._fast_ok = itertools.count()  # next() on it is atomic: no lock on threads
+
+    def write(
+        self, record: RpcRecord, code: grpc.StatusCode, seconds: float, error: Exception | None
+    ) -> None:
+        fast_ok = code is grpc.StatusCode.OK and seconds < self.slow
+        if self.sample > 1 and fast_ok and next(self._fast_ok) % self.sample:
+            ACCESS_LOG_SKIPPED.inc()
+            return
+        fields: dict[str, Any] = {
+            "method": record.method,
+            "status": code.name,
+            "duration_ms": round(seconds * 1000, 2),
+            "peer": record.context.peer(),
+        }
+        if error is not None and not is_expected(error):
+            log.error("request", **fields, exc_info=error)
+            return
+        if error is not None:
+            fields["reason"] = f"{type(error).__name__}: {error}"
+        log.info("request", **fields)
+
+
 class RpcRecord:
     """One application RPC being handled."""
 
-    method: str
-    request_id: str
-    peer: str
-    metrics: MethodMetrics
-    time_remaining: float | None = None
-    trace: dict[str, str] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    @classmethod
-    def begin(
-        cls,
+    def __init__(
+        self,
         method: str,
-        metadata: Iterable[tuple[str, str | bytes]] | None,
-        peer: str,
-        time_remaining: float | None,
+        metrics: MethodMetrics,
+        access_log: AccessLog,
+        context: Any,
         trace_keys: frozenset[str] = frozenset(),
-    ) -> RpcRecord:
-        """Start recording; the request id is the client's ``x-request-id`` if well-formed.
-        The caller's trace context is kept if ``trace_keys`` name its metadata entries.
+    ) -> None:
+        """Start recording the RPC of ``context`` (either flavour's servicer context).
+
+        The request id is the client's ``x-request-id`` if well-formed; the caller's trace
+        context is kept if ``trace_keys`` name its metadata entries.
         """
-        request_id, trace = _read(metadata, trace_keys)
-        return cls(
-            method=method,
-            request_id=accept_request_id(request_id),
-            peer=peer,
-            metrics=method_metrics(method),
-            time_remaining=None
-            if time_remaining is None or time_remaining > NO_DEADLINE
-            else time_remaining,
-            trace=trace,
-        )
+        self.started = time.perf_counter()
+        self.method = method
+        self.metrics = metrics
+        self.access_log = access_log
+        self.context = context
+        request_id, self.trace = _read(context.invocation_metadata(), trace_keys)
+        self.request_id = accept_request_id(request_id)
+        remaining = context.time_remaining()
+        self.time_remaining = None if remaining is None or remaining > NO_DEADLINE else remaining
 
     @property
     def response_metadata(self) -> tuple[tuple[str, str]]:
@@ -95,27 +118,20 @@ class RpcRecord:
         """While the RPC runs: its request id, the client's deadline and trace context are
         bound (for log lines and offloaded work), and it counts as in flight.
         """
-        with (
-            continue_trace(self.trace),
-            bind(self.request_id),
-            deadline_after(self.time_remaining),
-            self.metrics.active.track_inprogress(),
-        ):
-            yield
+        active = self.metrics.active
+        active.inc()
+        try:
+            with (
+                continue_trace(self.trace),
+                bind(self.request_id),
+                deadline_after(self.time_remaining),
+            ):
+                yield
+        finally:
+            active.dec()
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
-        """Write the access log line and observe the call's duration (``metrics.py``)."""
+        """Observe the call's duration (``metrics.py``) and write its access log line."""
         seconds = time.perf_counter() - self.started
         self.metrics.observe(code, seconds)
-        fields: dict[str, object] = {
-            "method": self.method,
-            "status": code.name,
-            "duration_ms": round(seconds * 1000, 2),
-            "peer": self.peer,
-        }
-        if error is not None and not is_expected(error):
-            log.error("request", **fields, exc_info=error)
-            return
-        if error is not None:
-            fields["reason"] = f"{type(error).__name__}: {error}"
-        log.info("request", **fields)
+        self.access_log.write(self, code, seconds, error)

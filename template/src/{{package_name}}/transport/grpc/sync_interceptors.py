@@ -22,49 +22,56 @@ from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .health import OnOwnThreads
-from .interceptor import InterceptorCore, deadline_passed
-from .rpc import RpcRecord, is_observed
+from .interceptor import Handler, InterceptorCore, deadline_passed
+from .rpc import AccessLog, RpcRecord, is_observed
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
     def __init__(
-        self, admission: Admission, watchdog: StallWatchdog, *, continue_traces: bool = False
+        self,
+        admission: Admission,
+        watchdog: StallWatchdog,
+        *,
+        continue_traces: bool = False,
+        access_log: AccessLog | None = None,
     ) -> None:
-        super().__init__(admission, continue_traces=continue_traces)
+        super().__init__(admission, continue_traces=continue_traces, access_log=access_log)
         self._watchdog = watchdog
         self._own_threads = ThreadPoolExecutor(2, thread_name_prefix="grpc-infra")
-        self._refuse: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+        self._refuse: Handler = grpc.unary_unary_rpc_method_handler(
             OnOwnThreads(_refuse, self._own_threads)
         )
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
             return None  # grpcio answers UNIMPLEMENTED
-        if not is_observed(method):
-            return _on_threads(handler, self._own_threads)
-        if not self.admission.try_enter():  # given back by AdmittedThreads
+        if is_observed(method) and not self.admission.try_enter():  # AdmittedThreads gives back
             return self._refuse
-        return self.rebuild(handler, method)
+        return self.rebuilt(handler, method)
+
+    def infrastructure(self, handler: Handler) -> Handler:
+        return _on_threads(handler, self._own_threads)
 
     def handle(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
         if streamed:
             return self._streaming(behavior, method)
-        watchdog = self._watchdog
+        begin = self.begin
+        watch_handler = self._watchdog.watch_handler
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            record = self.begin(method, context)
+            record = begin(method, context)
             with record.scope(), stopped_when_cancelled(context):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
-                with watchdog.watch_handler(method):
+                with watch_handler(method):
                     try:
                         response = behavior(request, context)
                     except Exception as error:  # every failure becomes a status
@@ -107,9 +114,7 @@ def _refuse(_request: Any, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
 
 
-def _on_threads(
-    handler: grpc.RpcMethodHandler[Any, Any], pool: ThreadPoolExecutor
-) -> grpc.RpcMethodHandler[Any, Any]:
+def _on_threads(handler: Handler, pool: ThreadPoolExecutor) -> Handler:
     """``handler`` run on ``pool`` rather than the handler threads (unless it chose already)."""
     fields = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
     behaviors = {name: getattr(handler, name) for name in fields}

@@ -30,6 +30,7 @@ from .admission import Admission, AdmittedThreads
 from .health import SyncHealth
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
+from .rpc import AccessLog
 from .settings import GrpcSettings
 from .sync_interceptors import RequestInterceptor
 from .tracing import sync_tracing_interceptor
@@ -55,7 +56,12 @@ def serve(settings: GrpcSettings) -> int:
         handlers,
         interceptors=[
             *([sync_tracing_interceptor()] if exporting else []),
-            RequestInterceptor(admission, runtime.watchdog, continue_traces=not exporting),
+            RequestInterceptor(
+                admission,
+                runtime.watchdog,
+                continue_traces=not exporting,
+                access_log=AccessLog(settings.access_log_sample, settings.stall_threshold),
+            ),
         ],
         options=settings.server_options(),
     )
