@@ -67,7 +67,7 @@ FAMILIES = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", default="http,grpc", help="http, grpc or both")
+    parser.add_argument("--family", default="http,grpc", help="http, grpc, or both as http,grpc")
     parser.add_argument("--repeat", type=int, default=3, help="runs of every row (>= 3)")
     parser.add_argument("--duration", type=float, default=10, help="seconds per phase")
     parser.add_argument("--connections", type=int, default=96, help="light connections/calls")
