@@ -18,7 +18,7 @@ untouched; an application method's handler is rebuilt around the flavour's ``han
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -28,8 +28,10 @@ from .errors import tolerant
 from .metrics import method_metrics
 from .rpc import AccessLog, RpcRecord, is_observed
 
-# grpcio's stubs make the handler generic; at run time it is not.
-type Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    # grpcio's stubs make the handler generic; at run time it is not (and Python 3.11 has no
+    # type statement).
+    Handler = grpc.RpcMethodHandler[Any, Any]
 
 _FACTORIES = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,

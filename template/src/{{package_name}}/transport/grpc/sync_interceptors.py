@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -22,8 +22,11 @@ from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .health import OnOwnThreads
-from .interceptor import Handler, InterceptorCore, deadline_passed
+from .interceptor import InterceptorCore, deadline_passed
 from .rpc import AccessLog, RpcRecord, is_observed
+
+if TYPE_CHECKING:
+    from .interceptor import Handler
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
