@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from combinations import Combination, combinations, covering_set
-from hygiene import all_problems
+from combinations import Combination, choice_values, combinations, covering_set
+from hygiene import all_problems, python_problems
 from support import (
     RUNTIME_TESTS,
     check_inputs_fingerprint,
+    find_python,
     own_checks,
     rendered_files,
     run,
@@ -166,6 +167,20 @@ def test_rendering_hygiene(
         combination, project, rendered_files(project), shared_venv / "bin" / "python"
     )
     assert not problems, f"{len(problems)} problems in {combination}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("combination", covering_set(), ids=str)
+def test_the_code_compiles_on_the_oldest_offered_python(
+    combination: Combination, rendered: Callable[[Combination], Path]
+) -> None:
+    """The matrix renders the default Python version; the same code must also compile on the
+    oldest one offered (no syntax newer than it), or projects made for it die at import."""
+    oldest = min(choice_values("python_version"), key=lambda v: tuple(map(int, v.split("."))))
+    python = find_python(oldest)
+    assert python, f"Python {oldest} is not installed: scripts/test finds it through pyenv or PATH"
+    project = rendered(combination)
+    problems = python_problems(project, rendered_files(project), python)
+    assert not problems, f"{len(problems)} problems on Python {oldest}:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
