@@ -10,6 +10,7 @@ the trace it belongs to.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import sys
@@ -123,6 +124,26 @@ def get_logger(name: str | None = None) -> FilteringBoundLogger:
     """A structured logger; ``name`` (usually ``__name__``) appears as ``logger`` in each line."""
     logger: FilteringBoundLogger = structlog.get_logger(*([name] if name else []))
     return logger
+
+
+class Sample:
+    """Which of a stream of routine events to keep: the first, then one in ``every``.
+
+    The access logs use it for fast successful requests; ``skipped`` is called for each one
+    left out, so a counter can account for them. Safe on threads: ``next()`` on a counter
+    is atomic.
+    """
+
+    def __init__(self, every: int, skipped: Callable[[], None]) -> None:
+        self.every = every
+        self.skipped = skipped
+        self._seen = itertools.count()
+
+    def keep(self) -> bool:
+        if self.every == 1 or next(self._seen) % self.every == 0:
+            return True
+        self.skipped()
+        return False
 
 
 class NamedWriteLogger(structlog.WriteLogger):

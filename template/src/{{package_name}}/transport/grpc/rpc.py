@@ -8,7 +8,6 @@ seconds: they get no record, no log line and no metrics.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from typing import Any
 import grpc
 
 from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
-from ...runtime.logging import get_logger
+from ...runtime.logging import Sample, get_logger
 from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
@@ -57,16 +56,14 @@ class AccessLog:
     """
 
     def __init__(self, sample: int = 1, slow: float = 0.1) -> None:
-        self.sample = sample
         self.slow = slow
-        self._fast_ok = itertools.count()  # next() on it is atomic: no lock on threads
+        self._fast_ok = Sample(sample, ACCESS_LOG_SKIPPED.inc)
 
     def write(
         self, record: RpcRecord, code: grpc.StatusCode, seconds: float, error: Exception | None
     ) -> None:
         fast_ok = code is grpc.StatusCode.OK and seconds < self.slow
-        if self.sample > 1 and fast_ok and next(self._fast_ok) % self.sample:
-            ACCESS_LOG_SKIPPED.inc()
+        if fast_ok and not self._fast_ok.keep():
             return
         fields: dict[str, Any] = {
             "method": record.method,

@@ -21,7 +21,7 @@ from ...runtime.context import (
     deadline_after,
     trace_header_names,
 )
-from ...runtime.logging import get_logger
+from ...runtime.logging import Sample, get_logger
 from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
 from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
 from .problems import problem_response
@@ -79,10 +79,9 @@ class RequestRecordMiddleware:
         self.close_connections = close_connections or (lambda: False)
         names = trace_header_names() if continue_traces else ()
         self.trace_headers = frozenset(name.encode() for name in names)
-        self.sample = sample
         self.slow = slow
         self._durations = RequestDurations()
-        self._to_skip = 0  # fast successful requests to leave out before the next line
+        self._fast_successes = Sample(sample, ACCESS_LOG_SKIPPED.inc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -132,12 +131,9 @@ class RequestRecordMiddleware:
         route = getattr(scope.get("route"), "path", None) or ""
         self._durations.observe(scope["method"], route, status, scope["scheme"], duration)
         quiet = scope["path"] in QUIET_PATHS
-        if status < 400 and duration < self.slow and not quiet:
-            if self._to_skip:
-                self._to_skip -= 1
-                ACCESS_LOG_SKIPPED.inc()
-                return
-            self._to_skip = self.sample - 1
+        fast_success = status < 400 and duration < self.slow and not quiet
+        if fast_success and not self._fast_successes.keep():
+            return
         client = scope.get("client")
         (log.debug if quiet else log.info)(
             "request",
