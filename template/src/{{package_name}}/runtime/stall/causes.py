@@ -36,6 +36,10 @@ class Evidence:
     gc: float  # in garbage collection (any thread)
     other_cpu: float  # CPU of the busiest other thread
     threshold: float
+    # Seconds the thread spent asking for the GIL (its wake-ups times the switch interval);
+    # None if not counted. Tells a thread that waited for the GIL from one blocked in a
+    # system call meanwhile, which the GIL's holder did not delay.
+    thread_gil_wait: float | None = None
 
 
 def classify(evidence: Evidence) -> Cause:
@@ -61,7 +65,15 @@ def classify(evidence: Evidence) -> Cause:
     busy = cpu + queued >= runnable / 2
     # Another thread busy is not enough (C code may run there without the GIL): the watchdog
     # must have been kept from the GIL as well.
-    if not busy and evidence.other_cpu >= runnable / 2 and evidence.gil_starved >= runnable / 2:
+    asked_for_gil = evidence.thread_gil_wait is None or (
+        evidence.thread_gil_wait >= evidence.gil_starved / 2
+    )
+    if (
+        not busy
+        and evidence.other_cpu >= runnable / 2
+        and evidence.gil_starved >= runnable / 2
+        and asked_for_gil
+    ):
         return Cause.GIL_WAIT
     if busy:
         return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON

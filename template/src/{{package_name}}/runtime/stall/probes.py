@@ -75,18 +75,29 @@ class KernelFile:
 
 
 def schedstat(native_id: int) -> KernelFile:
-    """One thread's scheduler statistics (Linux), read with :func:`run_queue_wait`."""
+    """One thread's scheduler statistics (Linux), read with :func:`scheduling`."""
     return KernelFile(f"/proc/self/task/{native_id}/schedstat")
 
 
-def run_queue_wait(stat: KernelFile) -> float | None:
-    """Seconds the thread has been runnable but waiting for a CPU; ``None`` once it has ended.
+@dataclass(frozen=True)
+class Scheduling:
+    """What the scheduler counted for one thread so far (``/proc/self/task/<tid>/schedstat``)."""
+
+    queued: float  # seconds runnable but waiting for a CPU
+    wakeups: int  # times it was put on a CPU
+
+
+def scheduling(stat: KernelFile) -> Scheduling | None:
+    """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux).
 
     A thread that wants to run but gets no CPU, because other processes or threads have them,
     is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
+    A thread waiting for the GIL wakes up every switch interval (5 ms) to ask for it, using
+    next to no CPU; one blocked in a system call does not wake up at all.
     """
     try:
-        return int((stat.read() or b"").split()[1]) / 1e9
+        fields = (stat.read() or b"").split()
+        return Scheduling(int(fields[1]) / 1e9, int(fields[2]))
     except (IndexError, ValueError):
         return None
 
@@ -148,6 +159,7 @@ class Snapshot:
     gc: float = 0.0
     full: bool = False
     queued: dict[int, float] = field(default_factory=dict)  # thread ident -> run-queue wait
+    wakeups: dict[int, float] = field(default_factory=dict)  # thread ident -> times scheduled
     throttled: float | None = None
     steal: float | None = None
 
@@ -188,10 +200,15 @@ class Probes:
         light = Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
         if not full:
             return light
-        waits = {ident: run_queue_wait(stat) for ident, stat in self._stats.items()}
-        queued = {ident: wait for ident, wait in waits.items() if wait is not None}
+        readings = {ident: scheduling(stat) for ident, stat in self._stats.items()}
+        known = {ident: reading for ident, reading in readings.items() if reading is not None}
         return dataclasses.replace(
-            light, full=True, queued=queued, throttled=self._throttled(), steal=self._steal()
+            light,
+            full=True,
+            queued={ident: reading.queued for ident, reading in known.items()},
+            wakeups={ident: float(reading.wakeups) for ident, reading in known.items()},
+            throttled=self._throttled(),
+            steal=self._steal(),
         )
 
     def _throttled(self) -> float | None:

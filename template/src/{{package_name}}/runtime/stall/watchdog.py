@@ -39,7 +39,16 @@ from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, 
 from . import spans, tasks
 from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
-from .probes import GcTimer, Probes, Snapshot, cpu_clock, read_clock, run_queue_wait, schedstat
+from .probes import (
+    GcTimer,
+    Probes,
+    Scheduling,
+    Snapshot,
+    cpu_clock,
+    read_clock,
+    schedstat,
+    scheduling,
+)
 from .stacks import culprit, format_stack, thread_label
 
 LOOP = "event_loop"
@@ -115,7 +124,11 @@ class _Ended:
     stack: Stack | None
     task: Fields
     baseline: Snapshot | None
-    queued: float | None = None  # the thread's run-queue wait so far, read at the end (handlers)
+    # Handlers: the thread's scheduler counts so far, read at the end (it may be gone later).
+    scheduling: Scheduling | None = None
+    # A handler that used little CPU, over while another thread held the GIL: a stall only if
+    # it was waiting for the GIL, else a slow handler.
+    slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,22 +253,37 @@ class StallWatchdog:
             reported = unit.reported
             ended = unit.ended(now, now - unit.started, cpu)
             unit.moved()
-        if reported or ended.cpu > self.threshold:
-            # The thread may be gone by the time the watchdog looks: read its wait now.
-            stat = schedstat(threading.get_native_id())
-            ended = dataclasses.replace(ended, queued=run_queue_wait(stat))
-            stat.close()
-            self._hand_over(ended)
-        elif ended.duration > self.threshold:
-            SLOW_HANDLERS.inc()
-            log.info(
-                "handler_slow",
-                name=unit.name,
-                duration=round(ended.duration, 3),
-                cpu=round(ended.cpu, 3),
-                threshold=self.threshold,
-                **unit.fields,
-            )
+        if ended.duration <= self.threshold and not reported:
+            return
+        slow = not reported and ended.cpu <= self.threshold
+        if slow and not self._gil_held_during(ended.started, now):
+            self._log_slow(ended)
+            return
+        # The thread may be gone by the time the watchdog looks: read its counts now.
+        stat = schedstat(threading.get_native_id())
+        self._hand_over(dataclasses.replace(ended, scheduling=scheduling(stat), slow=slow))
+        stat.close()
+
+    def _gil_held_during(self, start: float, end: float) -> bool:
+        """Whether another thread may have held the GIL for a threshold between ``start`` and
+        ``end``: the watchdog was kept from running then, or has not run since."""
+        if self._thread is None:
+            return False
+        if end - self._history[-1].at > self.tick + _NOTICEABLE_GAP:
+            return True
+        starved = sum(_overlap(gap, start, end) for gap in list(self._gaps) if not gap.paused)
+        return starved > self.threshold
+
+    def _log_slow(self, ended: _Ended) -> None:
+        SLOW_HANDLERS.inc()
+        log.info(
+            "handler_slow",
+            name=ended.unit.name,
+            duration=round(ended.duration, 3),
+            cpu=round(ended.cpu, 3),
+            threshold=self.threshold,
+            **ended.unit.fields,
+        )
 
     def _resume(self, unit: _Unit) -> None:
         now = time.monotonic()
@@ -462,25 +490,37 @@ class StallWatchdog:
         window: Window,
         cpu: float | None,
         baseline: Snapshot | None,
-        queued_now: float | None = None,
+        counted: Scheduling | None = None,
     ) -> tuple[Cause, Fields]:
         """The class of ``unit``'s stall over ``window``, and the evidence for it.
 
-        ``cpu`` is the thread's CPU time over the window.
+        ``cpu`` is the thread's CPU time over the window; ``counted``, a handler's scheduler
+        counts at its end.
         """
         start, end = window
         before = baseline or self._snapshot_before(start)
         before_full = self._snapshot_before(start, full=True)
         after = self._probes.take(full=True)  # rare: only for a stall
         self._history.append(after)
-        queued_after = dict(after.queued)
-        if queued_now is not None:
-            queued_after[unit.thread_id] = queued_now
+        queued_after, wakeups_after = dict(after.queued), dict(after.wakeups)
+        if counted is not None:
+            queued_after[unit.thread_id] = counted.queued
+            wakeups_after[unit.thread_id] = counted.wakeups
         queued = _delta(before_full.queued, queued_after, unit.thread_id)
+        # A handler blocked in a system call while another thread held the GIL was not delayed
+        # by it: only one that kept asking for the GIL waited for it. (The loop is overdue, so
+        # it wants to run: it is not asked.)
+        gil_wait = None
+        if unit.kind == HANDLER and unit.thread_id in wakeups_after:
+            woken = _delta(before_full.wakeups, wakeups_after, unit.thread_id)
+            gil_wait = woken * sys.getswitchinterval()
         withheld = _withheld(before_full, after)
         paused = sum(_overlap(gap, start, end) * gap.paused / gap.late for gap in self._gaps)
         starved = sum(_overlap(gap, start, end) for gap in self._gaps if not gap.paused)
-        holder, other_cpu = _busiest_other(before, after, {unit.thread_id, threading.get_ident()})
+        seen = [s for s in self._history if s.at > before.at]  # a thread that has ended since
+        holder, other_cpu = _busiest_other(
+            (before, before_full), seen, {unit.thread_id, threading.get_ident()}
+        )
         gc_time = after.gc - before.gc
         evidence = Evidence(
             wall=end - start,
@@ -491,6 +531,7 @@ class StallWatchdog:
             gc=gc_time,
             other_cpu=other_cpu,
             threshold=self.threshold,
+            thread_gil_wait=gil_wait,
         )
         cause = classify(evidence)
         extra: Fields = {
@@ -502,6 +543,7 @@ class StallWatchdog:
                 "gil_starved": round(starved, 3),
                 "gc": round(gc_time, 3),
                 "other_thread_cpu": round(other_cpu, 3),
+                **({} if gil_wait is None else {"gil_wait": round(gil_wait, 3)}),
             }
         }
         if cause is Cause.GIL_WAIT and holder is not None:
@@ -544,8 +586,11 @@ class StallWatchdog:
         """Classify one stall that is over and log it (or the pause it really was)."""
         unit = ended.unit
         cause, extra = self._diagnose(
-            unit, (ended.started, ended.ended), ended.cpu, ended.baseline, ended.queued
+            unit, (ended.started, ended.ended), ended.cpu, ended.baseline, ended.scheduling
         )
+        if ended.slow and cause is not Cause.GIL_WAIT:
+            self._log_slow(ended)
+            return
         if not cause.blames_code:
             self._report_unit_pause(ended, extra)
             return
@@ -625,13 +670,21 @@ def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
 
 
 def _busiest_other(
-    before: Snapshot, after: Snapshot, excluded: set[int]
+    before: tuple[Snapshot, Snapshot], since: list[Snapshot], excluded: set[int]
 ) -> tuple[int | None, float]:
-    """The thread (not in ``excluded``) that ran, or wanted to, the most between the snapshots."""
+    """The thread (not in ``excluded``) that ran, or wanted to, the most since ``before`` (the
+    latest snapshot then, and the latest full one), by its last reading in the snapshots
+    ``since`` (so a thread that has ended since still counts)."""
+    clocks, counts = before
+    threads: dict[int, float] = {}
+    queued: dict[int, float] = {}
+    for snapshot in since:
+        threads.update(snapshot.threads)
+        queued.update(snapshot.queued)
     busiest, most = None, 0.0
-    for ident in after.threads.keys() - excluded:
-        used = _delta(before.threads, after.threads, ident)
-        used += _delta(before.queued, after.queued, ident)
+    for ident in threads.keys() - excluded:
+        used = _delta(clocks.threads, threads, ident)
+        used += _delta(counts.queued, queued, ident)
         if used > most:
             busiest, most = ident, used
     return busiest, most
