@@ -14,6 +14,7 @@ import gc
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,12 +113,20 @@ def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
 
 
 class GcTimer:
-    """Total time spent in garbage collection, from ``gc.callbacks``."""
+    """Total time spent in garbage collection, from ``gc.callbacks``.
 
-    def __init__(self) -> None:
+    After a collection of at least ``long_after`` seconds, ``on_long`` is called on the thread
+    that collected, still inside the code the collection paused.
+    """
+
+    def __init__(
+        self, long_after: float = float("inf"), on_long: Callable[[], None] | None = None
+    ) -> None:
         self.total = 0.0
         self.started: float | None = None
         self.generation: int | None = None  # of the last collection longer than a millisecond
+        self.long_after = long_after
+        self.on_long = on_long
 
     def install(self) -> None:
         if self._callback not in gc.callbacks:
@@ -137,6 +146,8 @@ class GcTimer:
             self.started = None
             if took > 0.001:
                 self.generation = info.get("generation")
+            if took >= self.long_after and self.on_long is not None:
+                self.on_long()
 
     def reading(self, now: float) -> float:
         """Seconds spent in collections so far, counting one still running."""

@@ -174,7 +174,7 @@ class StallWatchdog:
         self._bell = threading.Lock()
         self._bell.acquire()
         self._thread: threading.Thread | None = None
-        self._gc = GcTimer()
+        self._gc = GcTimer(threshold / 2, self._note_collected_task)
         self._probes = Probes(self._gc)
         self._history: deque[Snapshot] = deque(maxlen=_HISTORY)
         self._gaps: deque[_Gap] = deque(maxlen=_SEGMENTS)
@@ -364,6 +364,16 @@ class StallWatchdog:
         with self._lock:
             if not unit.task and time.monotonic() > unit.since:
                 unit.task = found
+
+    def _note_collected_task(self) -> None:
+        """After a long collection, on the thread that ran it: if that is the loop, remember
+        the task it paused. The watchdog, kept from the GIL meanwhile, may get it back only
+        after the task's step (and the loop's next beat) has run."""
+        unit = self._loop_unit
+        if unit is None or unit.thread_id != threading.get_ident() or unit.task:
+            return
+        # No lock: the collection may have paused this very thread while it held the lock.
+        unit.task = tasks.running_task(self._loop)
 
     def _observe(self) -> None:
         """Read the clocks; note a gap in which the watchdog itself could not run."""
