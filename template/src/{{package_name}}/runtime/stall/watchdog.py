@@ -41,6 +41,7 @@ from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
 from .probes import (
     GcTimer,
+    KernelFile,
     Probes,
     Scheduling,
     Snapshot,
@@ -182,6 +183,7 @@ class StallWatchdog:
         self._pause_reported_until = 0.0
         self._ticks = 0
         self._peeked: tuple[float, Fields] = (0.0, {})
+        self._own = _Own(None)
         self._history.append(self._probes.take(full=True))
 
     def start(self) -> None:
@@ -341,7 +343,16 @@ class StallWatchdog:
     def _run(self) -> None:
         if self._dump is not None:
             self._dump.arm(time.monotonic())
+        own_stat = schedstat(threading.get_native_id())
+        self._own = _Own(own_stat)
         self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
+        self._own.read()
+        try:
+            self._watch()
+        finally:
+            own_stat.close()
+
+    def _watch(self) -> None:
         while True:
             self._bell.acquire(timeout=self.tick)
             # First, before anything that could let the loop thread move on: which task is it
@@ -384,23 +395,17 @@ class StallWatchdog:
         if late > _NOTICEABLE_GAP:
             snapshot = self._probes.take(full=True)  # a thread new since may hold the GIL
         self._history.append(snapshot)
+        # How long this thread waited for the GIL or for a CPU since the last tick: time in
+        # which the process was not paused, whatever the other threads did.
+        waited = self._own.read()
         if late > _NOTICEABLE_GAP:
-            # Threads that ran or wanted to: none at all means the process was paused; some
-            # means one of them held the GIL the watchdog waited for.
-            me = threading.get_ident()
-            queued_since = self._snapshot_before(previous.at, full=True)
-            active = sum(
-                _delta(previous.threads, snapshot.threads, ident)
-                + _delta(queued_since.queued, snapshot.queued, ident)
-                for ident in snapshot.threads
-                if ident != me
-            )
-            # A thread that has ended since is missing above, but its CPU is in the process's.
-            active = max(active, snapshot.process_cpu - previous.process_cpu)
+            # Some thread held the GIL the watchdog waited for, or the watchdog waited for a
+            # CPU: the process ran. Neither (and no CPU used) means it was paused.
+            active = max(waited, snapshot.process_cpu - previous.process_cpu)
             paused = max(0.0, late - active) if active < late / 2 else 0.0
             self._gaps.append(_Gap(snapshot.at, late, paused))
             if paused > self.threshold:
-                self._report_watchdog_pause(queued_since, snapshot, paused)
+                self._report_watchdog_pause(previous, snapshot, paused)
         if self._dump is not None:
             self._dump.arm(snapshot.at)
             stacks = self._dump.take(snapshot.at)
@@ -418,7 +423,7 @@ class StallWatchdog:
             duration=round(after.at - before.at, 3),
             paused=round(paused, 3),
             process_cpu=round(after.process_cpu - before.process_cpu, 3),
-            **_withheld(before, after),
+            **_withheld(self._snapshot_before(before.at, full=True), after),
             hint="no thread of the process ran: SIGSTOP, a frozen container or VM, or CPU "
             "throttling; no code of this service is to blame",
         )
@@ -656,6 +661,34 @@ class StallWatchdog:
             **extra,
             hint="the process was paused or throttled; no code of this service is to blame",
         )
+
+
+class _Own:
+    """The watchdog thread's own scheduler counts, read once per tick.
+
+    A thread waiting for the GIL wakes up every switch interval to ask for it; one waiting for
+    a CPU is counted by the kernel as queued. Both mean the process ran. After SIGSTOP (or a
+    frozen container) neither counter moved: only then is the watchdog's lateness a pause.
+    Other threads' counters cannot say this: on a crowded machine many threads queue for a
+    CPU after the process resumes, and summed up they would hide the pause.
+    """
+
+    def __init__(self, stat: KernelFile | None) -> None:
+        self._stat = stat
+        self._last: tuple[float, Scheduling] | None = None
+
+    def read(self) -> float:
+        """Seconds spent waiting for the GIL or a CPU (or running) since the last reading."""
+        reading = scheduling(self._stat) if self._stat is not None else None
+        if reading is None:
+            return 0.0
+        cpu = time.thread_time()
+        last, self._last = self._last, (cpu, reading)
+        if last is None:
+            return 0.0
+        last_cpu, before = last
+        asked = (reading.wakeups - before.wakeups) * sys.getswitchinterval()
+        return (cpu - last_cpu) + (reading.queued - before.queued) + asked
 
 
 def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
