@@ -8,7 +8,11 @@ Three tables:
    process's own CPU time (getrusage) over a window, so other load on the machine barely
    matters. Also a synchronous process (gRPC sync) with only the watchdog thread.
 2. Busy-loop throughput: trivial coroutines run per second on one loop, with and without the
-   watchdog: the share of throughput the watchdog costs under load.
+   watchdog: the share of throughput the watchdog costs under load. Throughput on a shared
+   machine is noisier than the effect, so beside it the watchdog thread's own CPU time (from
+   the kernel's ``/proc/self/task/<tid>/schedstat``, the thread found by its name) is given as
+   a share of the process's CPU and of one core: the cost measured directly. (The heartbeat
+   runs on the loop thread; its share is in the throughput change only.)
 3. Offload overhead per call for each executor: sequential round trips of a function that does
    nothing, and throughput with several calls in flight; ``watch_handler`` per RPC as well.
 
@@ -29,6 +33,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -64,16 +69,24 @@ def main() -> int:
         _print_busy(args)
         return 0
     print("Idle CPU, % of one core (median of runs; threshold 0.1 s, heartbeat every 0.1 s)\n")
-    print("| process | watchdog | CPU % | added by the watchdog |\n|---|---|---|---|")
+    print(
+        "| process | watchdog | CPU % | added by the watchdog | watchdog thread CPU % |"
+        "\n|---|---|---|---|---|"
+    )
     baseline = None
     for mode in IDLE_MODES:
-        cpu = _median(args, "idle", mode, "cpu_percent")
+        cpu, thread = _medians(args, "idle", mode, "cpu_percent", "thread_percent")
         baseline = cpu if baseline is None else baseline
-        print(f"| asyncio | {mode} | {cpu:.3f} | {cpu - baseline:+.3f} |", flush=True)
-    sync_none = _median(args, "idle-sync", "none", "cpu_percent")
-    sync_full = _median(args, "idle-sync", "full", "cpu_percent")
-    print(f"| sync (gRPC) | none | {sync_none:.3f} | +0.000 |")
-    print(f"| sync (gRPC) | thread+faulthandler | {sync_full:.3f} | {sync_full - sync_none:+.3f} |")
+        print(
+            f"| asyncio | {mode} | {cpu:.3f} | {cpu - baseline:+.3f} | {thread:.3f} |", flush=True
+        )
+    sync_none, _ = _medians(args, "idle-sync", "none", "cpu_percent", "thread_percent")
+    sync_full, thread = _medians(args, "idle-sync", "full", "cpu_percent", "thread_percent")
+    print(f"| sync (gRPC) | none | {sync_none:.3f} | +0.000 | 0.000 |")
+    print(
+        f"| sync (gRPC) | thread+faulthandler | {sync_full:.3f} | {sync_full - sync_none:+.3f} "
+        f"| {thread:.3f} |"
+    )
 
     _print_busy(args)
     print("\nOffload overhead per call (a function that does nothing; median of runs)\n")
@@ -95,11 +108,27 @@ def main() -> int:
 
 
 def _print_busy(args: argparse.Namespace) -> None:
-    print("\nBusy loop: trivial coroutines per CPU second, watchdog off and on in turns\n")
-    print("| watchdog | coroutines per CPU s | change |\n|---|---|---|")
-    busy = _child(args, "busy", "full")
-    print(f"| none | {busy['none']:,.0f} | |")
-    print(f"| full | {busy['full']:,.0f} | {busy['change_percent']:+.2f} % (median of pairs) |")
+    print(
+        "\nBusy loop: trivial coroutines per CPU second, watchdog off and on in turns; "
+        f"{args.repeat} runs, each the median of its pairs of phases\n"
+    )
+    print(
+        "| run | none: coroutines per CPU s | full | change | watchdog thread, % of process CPU "
+        "| % of one core |\n|---|---|---|---|---|---|"
+    )
+    runs = [_child(args, "busy", "full") for _ in range(args.repeat)]
+    rows = [*enumerate(runs, 1), ("median", _median_of(runs))]
+    for label, busy in rows:
+        print(
+            f"| {label} | {busy['none']:,.0f} | {busy['full']:,.0f} "
+            f"| {busy['change_percent']:+.2f} % | {busy['thread_share_percent']:.3f} "
+            f"| {busy['thread_core_percent']:.3f} |",
+            flush=True,
+        )
+
+
+def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def _child(args: argparse.Namespace, child: str, mode: str) -> dict[str, float]:
@@ -113,6 +142,11 @@ def _child(args: argparse.Namespace, child: str, mode: str) -> dict[str, float]:
 
 def _median(args: argparse.Namespace, child: str, mode: str, key: str) -> float:
     return statistics.median(_child(args, child, mode)[key] for _ in range(args.repeat))
+
+
+def _medians(args: argparse.Namespace, child: str, mode: str, *keys: str) -> list[float]:
+    runs = [_child(args, child, mode) for _ in range(args.repeat)]
+    return [statistics.median(run[key] for run in runs) for key in keys]
 
 
 # -- children: each runs in its own process --------------------------------------------------
@@ -136,6 +170,16 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _watchdog_thread_cpu() -> float:
+    """CPU seconds the watchdog thread has used (0 if it is not running), as the kernel counts
+    them: the first field of its schedstat, in nanoseconds."""
+    for thread in threading.enumerate():
+        if thread.name == "stall-watchdog" and thread.native_id is not None:
+            path = Path(f"/proc/self/task/{thread.native_id}/schedstat")
+            return int(path.read_text().split()[0]) / 1e9
+    return 0.0
+
+
 def _idle(package: str, args: argparse.Namespace) -> dict[str, float]:
     _quiet_logging(package)
 
@@ -144,11 +188,12 @@ def _idle(package: str, args: argparse.Namespace) -> dict[str, float]:
         if args.mode != "none":
             watchdog.watch_loop()
         await asyncio.sleep(1.0)  # let start-up work settle
-        cpu, wall = _cpu_seconds(), time.perf_counter()
+        cpu, thread, wall = _cpu_seconds(), _watchdog_thread_cpu(), time.perf_counter()
         await asyncio.sleep(args.idle_seconds)
+        thread = _watchdog_thread_cpu() - thread
         cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
         watchdog.stop()
-        return {"cpu_percent": 100 * cpu / wall}
+        return {"cpu_percent": 100 * cpu / wall, "thread_percent": 100 * thread / wall}
 
     return asyncio.run(run())
 
@@ -157,11 +202,12 @@ def _idle_sync(package: str, args: argparse.Namespace) -> dict[str, float]:
     _quiet_logging(package)
     watchdog = _watchdog(package, args.mode)
     time.sleep(1.0)
-    cpu, wall = _cpu_seconds(), time.perf_counter()
+    cpu, thread, wall = _cpu_seconds(), _watchdog_thread_cpu(), time.perf_counter()
     time.sleep(args.idle_seconds)
+    thread = _watchdog_thread_cpu() - thread
     cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
     watchdog.stop()
-    return {"cpu_percent": 100 * cpu / wall}
+    return {"cpu_percent": 100 * cpu / wall, "thread_percent": 100 * thread / wall}
 
 
 async def _nothing() -> None:
@@ -184,19 +230,28 @@ def _busy(package: str, args: argparse.Namespace) -> dict[str, float]:
 
     async def run() -> dict[str, float]:
         rates: dict[str, list[float]] = {"none": [], "full": []}
+        shares: list[float] = []  # the watchdog thread's CPU / the process's, per "full" phase
+        cores: list[float] = []  # the watchdog thread's CPU / wall time
         await phase(0.5)  # warm up
         for _ in range(max(5, int(3 * args.idle_seconds))):
             rates["none"].append(await phase(args.phase_seconds))
             watchdog = stall.StallWatchdog(0.1, lag_interval=0.1)
             watchdog.start()
             watchdog.watch_loop()
+            cpu, thread, wall = _cpu_seconds(), _watchdog_thread_cpu(), time.perf_counter()
             rates["full"].append(await phase(args.phase_seconds))
+            thread = _watchdog_thread_cpu() - thread
+            cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
             watchdog.stop()
+            shares.append(100 * thread / cpu)
+            cores.append(100 * thread / wall)
         ratios = [full / none for none, full in zip(rates["none"], rates["full"], strict=True)]
         return {
             "none": statistics.median(rates["none"]),
             "full": statistics.median(rates["full"]),
             "change_percent": 100 * (statistics.median(ratios) - 1),
+            "thread_share_percent": statistics.median(shares),
+            "thread_core_percent": statistics.median(cores),
         }
 
     return asyncio.run(run())
