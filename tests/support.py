@@ -250,6 +250,16 @@ CHECK_INPUTS = ("pyproject.toml", "src/", "tests/", "scripts/", "proto/")
 # import or run, and pytest's configuration. They import nothing of the transports (checked by
 # test_matrix.py), so projects whose runtime is the same run them once.
 RUNTIME_TESTS = "tests/runtime/test_runtime_*.py"
+# The service's stall tests: the matrix runs them once per transport (tests/test_matrix.py).
+SERVICE_STALL_TESTS = "tests/runtime/test_service_stalls.py"
+SERVICE_STALL_TEST_HELPERS = (
+    "tests/conftest.py",
+    "tests/grpc_support.py",
+    "tests/http_support.py",
+    "tests/runtime_scenarios.py",
+    "tests/runtime_support.py",
+    "tests/stalling.py",
+)
 RUNTIME_TEST_HELPERS = (
     "tests/conftest.py",
     "tests/otlp_receiver.py",

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from combinations import Combination, choice_values, combinations, covering_set
+from combinations import Combination, choice_values, combinations, covering_set, default
 from hygiene import all_problems, python_problems
 from support import (
     RUNTIME_TESTS,
+    SERVICE_STALL_TEST_HELPERS,
+    SERVICE_STALL_TESTS,
     check_inputs_fingerprint,
     find_python,
+    fingerprint_of,
     own_checks,
     rendered_files,
     run,
@@ -102,12 +105,26 @@ def test_own_test_suite(
     combination: Combination, shared_check: SharedCheck, shared_venv: Path, worker_cache: Path
 ) -> None:
     """The generated project's pytest suite passes (real servers, real signals), but for the
-    runtime's own tests: test_runtime_tests runs those."""
+    runtime's own tests: test_runtime_tests runs those. The service's stall tests run with one
+    executor per transport (see :func:`runs_the_service_stall_tests`)."""
     pytest_command = own_checks(shared_venv, worker_cache)["pytest"]
     # Relative: pytest makes it absolute from the project's directory.
     command = [*pytest_command, f"--ignore-glob={RUNTIME_TESTS}"]
+    stall_tests = runs_the_service_stall_tests(combination)
+    if not stall_tests:
+        command.append(f"--ignore={SERVICE_STALL_TESTS}")
     output = shared_check("pytest", combination, command, check_inputs_fingerprint, 900)
     assert "tests/runtime/test_runtime_" not in output, "the runtime's tests ran here too"
+    assert (f"{SERVICE_STALL_TESTS}::" in output) == stall_tests
+
+
+def runs_the_service_stall_tests(combination: Combination) -> bool:
+    """Whether the combination's suite runs the service's stall tests: only with the default
+    executor. They stall the event loop or a handler thread, which the executor (where
+    ``offload()`` runs work) does not touch, and they take a minute or two per run.
+    :func:`test_the_service_stall_tests_are_the_same_for_every_executor` keeps it so.
+    """
+    return combination["executor"] == default("executor")
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=str)
@@ -215,6 +232,22 @@ def test_the_runtime_tests_run_once_per_executor(rendered: Callable[[Combination
         groups.setdefault(combination["executor"], set()).add(fingerprint)
     split = {executor: len(prints) for executor, prints in groups.items() if len(prints) > 1}
     assert not split, f"runtime test runs per executor, where more than one: {split}"
+
+
+def test_the_service_stall_tests_are_the_same_for_every_executor(
+    rendered: Callable[[Combination], Path],
+) -> None:
+    """The service's stall tests run with one executor per transport (test_own_test_suite): a
+    line of them, or of their helpers, that changed with the executor would go untested."""
+    groups: dict[str, set[str]] = {}
+    for combination in COMBINATIONS:
+        project = rendered(combination)
+        files = [Path(SERVICE_STALL_TESTS), *map(Path, SERVICE_STALL_TEST_HELPERS)]
+        inputs = [file for file in files if (project / file).exists()]
+        assert Path(SERVICE_STALL_TESTS) in inputs, f"{combination} has no {SERVICE_STALL_TESTS}"
+        groups.setdefault(combination["transport"], set()).add(fingerprint_of(project, inputs))
+    split = {transport: len(prints) for transport, prints in groups.items() if len(prints) > 1}
+    assert not split, f"service stall tests that differ by executor, per transport: {split}"
 
 
 @pytest.mark.parametrize("combination", covering_set(), ids=str)
