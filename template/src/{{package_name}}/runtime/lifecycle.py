@@ -190,7 +190,8 @@ class Signals:
 
 def _exit_now(name: str, status: int) -> None:
     """Leave immediately: no drain, no cleanup; the log's last lines written without locks."""
-    line = json.dumps({"event": "shutdown_forced", "level": "warning", "signal": name})
+    event = {"event": "shutdown_forced", "level": "warning", "signal": name}
+    line = json.dumps(event, separators=(",", ":"))
     os.write(sys.stdout.fileno(), (unwritten_lines() + line + "\n").encode())
     os._exit(status)
 

@@ -91,7 +91,7 @@ def configure_logging(
             ),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
-    lines = LineBuffer.replace(output)
+    lines = _lines.use(output)
     # The standard library's records (uvicorn, grpc, other libraries) get the same processors
     # through a formatter, and go through the same buffer, so the output keeps its order; the
     # service's own events skip the standard library altogether, which halves their cost.
@@ -181,32 +181,30 @@ class LineBuffer:
 
     ``write`` keeps a line; ``flush`` writes what is kept in one call. A thread flushes every
     ``FLUSH_INTERVAL`` seconds, and so do the exit of the process and a fork (else the child
-    would write the parent's lines again). What a ``SIGKILL`` or a crash of the interpreter
-    interrupts is lost, at most ``FLUSH_INTERVAL`` seconds of debug and info lines: warnings
-    and errors are flushed as they are written (:class:`BufferedLogger`).
+    would write the parent's lines again); a worker process flushes after each call. What a
+    ``SIGKILL`` or a crash of the interpreter interrupts is lost, at most ``FLUSH_INTERVAL``
+    seconds of debug and info lines: warnings and errors are flushed as they are written
+    (:class:`BufferedLogger`).
 
     It is the stream of the standard library's handler too: its ``flush`` after every record
     keeps those records in order with the service's own lines.
     """
 
-    current: LineBuffer | None = None
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stdout
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
 
-    @classmethod
-    def replace(cls, stream: TextIO) -> LineBuffer:
-        """A buffer for ``stream`` in place of the current one, which is flushed first."""
-        if cls.current is None:
-            atexit.register(cls._flush_current)
-            os.register_at_fork(before=cls._flush_current)
-            threading.Thread(target=cls._flush_periodically, name="log-flush", daemon=True).start()
-        else:
-            cls.current.flush()
-        cls.current = cls(stream)
-        return cls.current
+    def use(self, stream: TextIO) -> LineBuffer:
+        """Write to ``stream`` from now on (what is kept goes to the previous one first)."""
+        self.flush()
+        self.stream = stream
+        if self._flusher is None or not self._flusher.is_alive():  # none yet, or forked
+            self._flusher = threading.Thread(target=self._flush_often, name="log-flush")
+            self._flusher.daemon = True
+            self._flusher.start()
+        return self
 
     def write(self, line: str) -> None:
         with self._lock:
@@ -217,26 +215,25 @@ class LineBuffer:
             lines, self._lines = self._lines, []
             if lines:
                 self.stream.write("".join(lines))
-            self.stream.flush()
+                self.stream.flush()
 
-    @classmethod
-    def _flush_current(cls) -> None:
-        if cls.current is not None:
-            cls.current.flush()
+    def unwritten(self) -> str:
+        """The lines kept but not yet written, read without the lock: for a signal handler
+        about to end the process at once, whose interrupted thread may hold it.
+        """
+        return "".join(self._lines)
 
-    @classmethod
-    def _flush_periodically(cls) -> None:
+    def _flush_often(self) -> None:
         while True:
             time.sleep(FLUSH_INTERVAL)
-            cls._flush_current()
+            self.flush()
 
 
-def unwritten_lines() -> str:
-    """The lines kept but not yet written, read without the lock: for a signal handler about
-    to end the process at once, whose interrupted thread may hold it.
-    """
-    current = LineBuffer.current
-    return "".join(current._lines) if current is not None else ""
+_lines = LineBuffer()
+atexit.register(_lines.flush)
+os.register_at_fork(before=_lines.flush)
+flush_logs = _lines.flush
+unwritten_lines = _lines.unwritten
 
 
 class BufferedLogger:
