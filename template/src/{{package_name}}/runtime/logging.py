@@ -14,7 +14,6 @@ request, and this is what keeps that cheap.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import logging
@@ -229,8 +228,8 @@ class LineBuffer:
             self.flush()
 
 
+# At exit, the standard library's logging flushes its handler, whose stream this is.
 _lines = LineBuffer()
-atexit.register(_lines.flush)
 os.register_at_fork(before=_lines.flush)
 flush_logs = _lines.flush
 unwritten_lines = _lines.unwritten
