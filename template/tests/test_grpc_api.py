@@ -103,7 +103,7 @@ def test_the_request_id_is_taken_from_metadata_and_echoed(
     )
     assert response.request_id == "order-42.retry-1"
     assert ("x-request-id", "order-42.retry-1") in call.trailing_metadata()
-    line = service.process.stdout.wait_for('"request_id": "order-42.retry-1"')
+    line = service.process.stdout.wait_for('"request_id":"order-42.retry-1"')
     assert json.loads(line)["method"] == f"/{SERVICE}/Ping"
 
 
@@ -247,7 +247,7 @@ def test_a_bug_is_internal_with_the_request_id_and_no_internals() -> None:
         assert LEAK_MARKER not in error.details()
         assert ("x-request-id", "bug-1") in error.trailing_metadata()
         # The traceback is in the log, under the same request id, for whoever investigates.
-        line = service.process.stdout.wait_for(f'"request_id": "bug-1".*{LEAK_MARKER}')
+        line = service.process.stdout.wait_for(f'"request_id":"bug-1".*{LEAK_MARKER}')
         assert json.loads(line)["status"] == "INTERNAL"
         # A server error: error_type names the status code.
         failed_calls = {"rpc_method": FAIL_METHOD.removeprefix("/"), "error_type": "INTERNAL"}

@@ -187,6 +187,6 @@ async def _load_through_sigterm(
 
 def _line_of(service: HttpService, event: str) -> int:
     for index, line in enumerate(service.process.stdout.lines):
-        if f'"event": "{event}"' in line:
+        if f'"event":"{event}"' in line:
             return index
     raise AssertionError(f"no {event} event in the service's output")

@@ -85,16 +85,7 @@ def continue_trace(headers: Mapping[str, str]) -> AbstractContextManager[None]:
     """
     # The functions a transport calls for every request return a no-op when there is nothing
     # to do: a generator-based context manager costs microseconds even then.
-    return _attached(headers) if headers else nullcontext()
-
-
-@contextmanager
-def _attached(headers: Mapping[str, str]) -> Iterator[None]:
-    token = otel_context.attach(propagate.extract(headers))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+    return _Scope((), headers) if headers else nullcontext()
 
 
 def current_deadline() -> float | None:
@@ -115,36 +106,72 @@ def deadline_after(seconds: float | None) -> AbstractContextManager[None]:
     """
     if seconds is None:
         return nullcontext()
+    return _Scope(((_deadline, _deadline_in(seconds)),))
+
+
+def _deadline_in(seconds: float) -> float:
     deadline = time.monotonic() + seconds
     outer = _deadline.get()
-    return _Setting((_deadline, deadline if outer is None else min(outer, deadline)))
+    return deadline if outer is None else min(outer, deadline)
 
 
-def bind(request_id: str) -> AbstractContextManager[None]:
-    """Make ``request_id`` current for the duration of the block, and remember the trace
-    context the transport's instrumentation made current for this request.
+def bind(
+    request_id: str,
+    *,
+    budget: float | None = None,
+    caller_trace: Mapping[str, str] | None = None,
+) -> AbstractContextManager[None]:
+    """Make ``request_id`` current for the duration of the block; with ``budget``, a deadline
+    that many seconds from now (:func:`deadline_after`); with ``caller_trace``, the caller's
+    trace context from its headers (:func:`continue_trace`). A transport binds each request so.
+
+    The trace context that is current then (the caller's, or the server span of the
+    transport's instrumentation) is remembered as the request's ``traceparent``.
     """
-    # Without a span there is nothing to propagate: the propagators are not asked.
-    span = trace.get_current_span().get_span_context()
-    traceparent = trace_headers().get("traceparent") if span.is_valid else None
-    return _Setting((_request_id, request_id), (_traceparent, traceparent))
+    values: list[tuple[ContextVar[Any], object]] = [(_request_id, request_id)]
+    if budget is not None:
+        values.append((_deadline, _deadline_in(budget)))
+    return _Scope(tuple(values), caller_trace, remember_trace=True)
 
 
-class _Setting:
-    """Sets context variables for the duration of a block. A transport enters a few of these
-    for every request: a class costs a fraction of a generator-based context manager.
+class _Scope:
+    """Sets context variables for the duration of a block, after making the trace context
+    of the headers ``caller_trace`` current if there are any. A transport enters one for
+    every request: a class costs a fraction of a generator-based context manager.
     """
 
-    def __init__(self, *values: tuple[ContextVar[Any], object]) -> None:
+    __slots__ = ("_attached", "_tokens", "caller_trace", "remember_trace", "values")
+
+    def __init__(
+        self,
+        values: tuple[tuple[ContextVar[Any], object], ...],
+        caller_trace: Mapping[str, str] | None = None,
+        *,
+        remember_trace: bool = False,
+    ) -> None:
         self.values = values
-        self.tokens: list[Token[Any]] = []
+        self.caller_trace = caller_trace
+        self.remember_trace = remember_trace
+        self._attached: Token[otel_context.Context] | None = None
+        self._tokens: list[Token[Any]] = []
 
     def __enter__(self) -> None:
-        self.tokens = [variable.set(value) for variable, value in self.values]
+        if self.caller_trace:
+            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
+        self._tokens = [variable.set(value) for variable, value in self.values]
+        if self.remember_trace:
+            # Without a span there is nothing to propagate: the propagators are not asked.
+            span = trace.get_current_span().get_span_context()
+            traceparent = trace_headers().get("traceparent") if span.is_valid else None
+            self._tokens.append(_traceparent.set(traceparent))
 
     def __exit__(self, *_: object) -> None:
-        for (variable, _value), token in zip(self.values, self.tokens, strict=True):
+        if self.remember_trace:
+            _traceparent.reset(self._tokens.pop())
+        for (variable, _value), token in zip(self.values, self._tokens, strict=True):
             variable.reset(token)
+        if self._attached is not None:
+            otel_context.detach(self._attached)
 
 
 def snapshot() -> dict[str, str | None]:

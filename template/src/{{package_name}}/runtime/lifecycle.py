@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from . import tracing
-from .logging import get_logger
+from .logging import get_logger, unwritten_lines
 from .metrics import SERVICE_READY
 from .offload import Offloader, install_offloader
 from .settings import RuntimeSettings
@@ -189,9 +189,10 @@ class Signals:
 
 
 def _exit_now(name: str, status: int) -> None:
-    """Leave immediately: no drain, no cleanup, one log line written without locks."""
-    line = json.dumps({"event": "shutdown_forced", "level": "warning", "signal": name})
-    os.write(sys.stdout.fileno(), (line + "\n").encode())
+    """Leave immediately: no drain, no cleanup; the log's last lines written without locks."""
+    event = {"event": "shutdown_forced", "level": "warning", "signal": name}
+    line = json.dumps(event, separators=(",", ":"))
+    os.write(sys.stdout.fileno(), (unwritten_lines() + line + "\n").encode())
     os._exit(status)
 
 

@@ -22,7 +22,7 @@ import traceback
 from typing import Any
 
 from .. import context, tracing
-from ..logging import configure_logging
+from ..logging import configure_logging, flush_logs
 from .errors import OffloadError, contained
 from .job import label_of
 from .spans import run_in_span
@@ -73,13 +73,15 @@ def worker_main(
     faulthandler.enable()  # a segfault leaves a Python stack on stderr
     configure_logging(log_level, log_format, fields={"worker_pid": os.getpid()})
     # Its own tracer provider and exporter, from the environment the service was started with
-    # (already checked there). Spans are flushed after each call: a worker may be killed.
+    # (already checked there). Spans and log lines are flushed after each call: a worker may
+    # be killed.
     tracing.configure()
     conn.send("ready")
     try:
         _serve(conn)
     finally:
         tracing.shutdown()
+        flush_logs()
 
 
 def _serve(conn: multiprocessing.connection.Connection) -> None:
@@ -106,6 +108,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
             _reply(conn, "ok", result)
         del message, fn, args, kwargs
         tracing.flush()
+        flush_logs()
 
 
 def _reply(

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from ...runtime.context import accept_request_id, bind, continue_trace, deadline_after
+from ...runtime.context import accept_request_id, bind
 from ...runtime.logging import Sample, get_logger
 from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
@@ -118,11 +118,7 @@ class RpcRecord:
         active = self.metrics.active
         active.inc()
         try:
-            with (
-                continue_trace(self.trace),
-                bind(self.request_id),
-                deadline_after(self.time_remaining),
-            ):
+            with bind(self.request_id, budget=self.time_remaining, caller_trace=self.trace):
                 yield
         finally:
             active.dec()

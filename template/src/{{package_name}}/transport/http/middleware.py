@@ -14,13 +14,7 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...runtime.context import (
-    accept_request_id,
-    bind,
-    continue_trace,
-    deadline_after,
-    trace_header_names,
-)
+from ...runtime.context import accept_request_id, bind, trace_header_names
 from ...runtime.logging import Sample, get_logger
 from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
 from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
@@ -109,7 +103,7 @@ class RequestRecordMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with continue_trace(trace), bind(request_id), deadline_after(self.budget):
+        with bind(request_id, budget=self.budget, caller_trace=trace):
             started = time.perf_counter()
             try:
                 await self.app(scope, receive, send_with_record)
