@@ -185,18 +185,29 @@ class Probes:
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
         self._stats: dict[int, KernelFile] = {}  # thread ident -> its schedstat
+        self._native_ids: dict[int, int | None] = {}  # thread ident -> the kernel's thread id
         self.names: dict[int, str] = {}
 
     def _watch_threads(self) -> None:
         alive = {thread.ident: thread for thread in threading.enumerate() if thread.ident}
         for ident in self._clocks.keys() - alive.keys():
-            del self._clocks[ident]
-            self._stats.pop(ident).close()
+            self._forget(ident)
         for ident, thread in alive.items():
-            if ident not in self._clocks:
+            # A new thread often gets the ident of one that has ended (the C library reuses
+            # its memory): the kernel's thread id tells them apart.
+            if self._native_ids.get(ident) != thread.native_id:
+                self._forget(ident)
                 self.names[ident] = thread.name
+                self._native_ids[ident] = thread.native_id
                 self._stats[ident] = schedstat(thread.native_id or 0)
                 self._clocks[ident] = cpu_clock(ident)
+
+    def _forget(self, ident: int) -> None:
+        self._clocks.pop(ident, None)
+        self._native_ids.pop(ident, None)
+        stat = self._stats.pop(ident, None)
+        if stat is not None:
+            stat.close()
 
     def take(self, *, full: bool = False) -> Snapshot:
         """The clocks now; ``full`` also reads the kernel's files and looks for new threads."""
