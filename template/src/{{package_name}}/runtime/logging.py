@@ -178,12 +178,12 @@ FLUSH_INTERVAL = 0.1  # seconds an info line may wait in the buffer
 class LineBuffer:
     """Log lines on their way to a stream, written in batches.
 
-    ``write`` keeps a line; ``flush`` writes what is kept in one call. A thread flushes every
-    ``FLUSH_INTERVAL`` seconds, and so do the exit of the process and a fork (else the child
-    would write the parent's lines again); a worker process flushes after each call. What a
-    ``SIGKILL`` or a crash of the interpreter interrupts is lost, at most ``FLUSH_INTERVAL``
-    seconds of debug and info lines: warnings and errors are flushed as they are written
-    (:class:`BufferedLogger`).
+    ``write`` keeps a line; ``flush`` writes what is kept in one call. A thread flushes
+    ``FLUSH_INTERVAL`` seconds after a line starts to wait (and sleeps while none does), and so
+    do the exit of the process and a fork (else the child would write the parent's lines
+    again); a worker process flushes after each call. What a ``SIGKILL`` or a crash of the
+    interpreter interrupts is lost, at most ``FLUSH_INTERVAL`` seconds of debug and info
+    lines: warnings and errors are flushed as they are written (:class:`BufferedLogger`).
 
     It is the stream of the standard library's handler too: its ``flush`` after every record
     keeps those records in order with the service's own lines.
@@ -193,25 +193,43 @@ class LineBuffer:
         self.stream: TextIO = sys.stdout
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self._waiting = threading.Event()  # set while lines wait to be written
         self._flusher: threading.Thread | None = None
+        os.register_at_fork(before=self.flush, after_in_child=self._after_fork)
 
     def use(self, stream: TextIO) -> LineBuffer:
         """Write to ``stream`` from now on (what is kept goes to the previous one first)."""
         self.flush()
         self.stream = stream
-        if self._flusher is None or not self._flusher.is_alive():  # none yet, or forked
-            self._flusher = threading.Thread(target=self._flush_often, name="log-flush")
-            self._flusher.daemon = True
-            self._flusher.start()
+        if self._flusher is None:
+            self._start_flusher()
         return self
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._flush_often, name="log-flush")
+        self._flusher.daemon = True
+        self._flusher.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: new locks (another thread may have held the parent's as it
+        forked, and nothing would release them here) and a flushing thread of its own.
+        """
+        self._lines = []
+        self._lock = threading.Lock()
+        self._waiting = threading.Event()
+        if self._flusher is not None:
+            self._start_flusher()
 
     def write(self, line: str) -> None:
         with self._lock:
             self._lines.append(line)
+            if len(self._lines) == 1:
+                self._waiting.set()
 
     def flush(self) -> None:
         with self._lock:
             lines, self._lines = self._lines, []
+            self._waiting.clear()
             if lines:
                 self.stream.write("".join(lines))
                 self.stream.flush()
@@ -223,14 +241,15 @@ class LineBuffer:
         return "".join(self._lines)
 
     def _flush_often(self) -> None:
+        # Asleep while nothing waits: an idle service has no wake-ups for its logs.
         while True:
+            self._waiting.wait()
             time.sleep(FLUSH_INTERVAL)
             self.flush()
 
 
 # At exit, the standard library's logging flushes its handler, whose stream this is.
 _lines = LineBuffer()
-os.register_at_fork(before=_lines.flush)
 flush_logs = _lines.flush
 unwritten_lines = _lines.unwritten
 
