@@ -32,6 +32,9 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 from .context import current_request_id
 
+# structlog calls a method per level; these two are spelled differently in the output.
+LEVEL_NAMES = {"warn": "warning", "exception": "error"}
+
 
 def _standard_fields(static: Mapping[str, object]) -> Processor:
     """What every line has, added in one step (it runs for every line): the level, the
@@ -57,10 +60,6 @@ def _standard_fields(static: Mapping[str, object]) -> Processor:
         return event
 
     return add
-
-
-# structlog calls a method per level; these two are spelled differently in the output.
-LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 
 def configure_logging(
