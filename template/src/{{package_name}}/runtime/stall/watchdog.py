@@ -2,7 +2,9 @@
 
 * A heartbeat on the event loop (``loop.call_later`` every ``lag_interval``) records how late
   each wake-up was (the ``eventloop_lag_*`` metrics) and stamps when the loop was last alive,
-  with the loop thread's CPU time at that moment.
+  with the loop thread's CPU time at that moment. A loop that was idle since the last beat
+  beats next after ``rest_interval`` (the watchdog's tick): waking an idle process is what
+  costs, and there is nothing to be late for.
 * Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`).
 * The watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a
   unit that is stuck as ``stall_detected`` while it is still stuck, with its stack. When the
@@ -66,6 +68,7 @@ _HISTORY = 32  # snapshots kept: a stall's start is never more than a tick or tw
 _SEGMENTS = 32  # watchdog gaps kept
 _NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
 _FULL_EVERY = 10  # ticks between full snapshots (see probes.Snapshot)
+_IDLE_CPU = 0.02  # share of the time a process or loop may be on CPU and still count as idle
 
 
 # ``watch``: (watchdog, unit); ``clock``: this thread's CPU clock
@@ -159,6 +162,7 @@ class StallWatchdog:
         # Every tick costs CPU even when all is well: a quarter of a second keeps the idle cost
         # near 0.1 % of a core, and a stall is still reported within threshold + tick.
         self.tick = max(threshold / 2, 0.25)
+        self.rest_interval = max(lag_interval, self.tick)  # the heartbeat of an idle loop
         self.dump_after = round(threshold + 2 * self.tick, 3)
         self.rearm_period = max(2 * self.tick, 0.5)
         self._use_faulthandler = use_faulthandler
@@ -182,6 +186,8 @@ class StallWatchdog:
         self._dumps: deque[tuple[float, float, dict[str, list[str]]]] = deque(maxlen=4)
         self._pause_reported_until = 0.0
         self._ticks = 0
+        self._last_tick = time.monotonic()
+        self._last_process_cpu = time.process_time()
         self._peeked: tuple[float, Fields] = (0.0, {})
         self._own = _Own(None)
         self._history.append(self._probes.take(full=True))
@@ -198,7 +204,6 @@ class StallWatchdog:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
         self._stopping = False
-        self._history.append(self._probes.take())  # the first tick's gap is measured from here
         self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
         self._thread.start()
         log.info(
@@ -271,7 +276,7 @@ class StallWatchdog:
         ``end``: the watchdog was kept from running then, or has not run since."""
         if self._thread is None:
             return False
-        if end - self._history[-1].at > self.tick + _NOTICEABLE_GAP:
+        if end - self._last_tick > self.tick + _NOTICEABLE_GAP:
             return True
         starved = sum(_overlap(gap, start, end) for gap in list(self._gaps) if not gap.paused)
         return starved > self.threshold
@@ -327,25 +332,31 @@ class StallWatchdog:
         now, cpu = time.monotonic(), time.thread_time()
         lag = max(0.0, now - unit.since)
         EVENTLOOP_LAG.observe(lag)
+        # Waking an idle process costs more than the beat itself: a loop that has done next to
+        # nothing since the last beat is looked at only as often as the watchdog thread looks.
+        idle = cpu - unit.cpu_start < _IDLE_CPU * (now - unit.started)
+        interval = self.rest_interval if idle else self.lag_interval
         with self._lock:
             ended = unit.ended(now, lag, cpu) if unit.reported or lag > self.threshold else None
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
-            unit.since = now + self.lag_interval
+            unit.since = now + interval
             unit.task = {}
             watching = self._loop_unit is unit
         LAG_WINDOW.beat(lag, now, cpu, unit.since if watching else None)
         if ended is not None:
             self._hand_over(ended)
         if watching:
-            loop.call_later(self.lag_interval, self._beat, loop, unit)
+            loop.call_later(interval, self._beat, loop, unit)
 
     def _run(self) -> None:
         if self._dump is not None:
             self._dump.arm(time.monotonic())
         own_stat = schedstat(threading.get_native_id())
         self._own = _Own(own_stat)
-        self._history.append(self._probes.take())  # gaps are measured on this thread's clocks
+        self._history.append(self._probes.take())
+        # Gaps are measured on this thread's clocks, from here.
+        self._last_tick, self._last_process_cpu = time.monotonic(), time.process_time()
         self._own.read()
         try:
             self._watch()
@@ -387,43 +398,59 @@ class StallWatchdog:
         unit.task = tasks.running_task(self._loop)
 
     def _observe(self) -> None:
-        """Read the clocks; note a gap in which the watchdog itself could not run."""
-        previous = self._history[-1]
+        """Read the clocks; note a gap in which the watchdog itself could not run.
+
+        Every tick reads this thread's lateness, its scheduler counts and the process's CPU
+        time. The other threads' clocks are read only when something may need them later (as
+        the baseline of a stall): while the process is busy, a unit is watched, or the tick
+        came late. An idle service's ticks then cost a few system calls each.
+        """
+        previous_tick, now = self._last_tick, time.monotonic()
+        process_cpu = time.process_time()
+        late = now - previous_tick - self.tick
+        used = process_cpu - self._last_process_cpu
+        self._last_tick, self._last_process_cpu = now, process_cpu
         self._ticks += 1
-        snapshot = self._probes.take(full=self._ticks % _FULL_EVERY == 0)
-        late = snapshot.at - previous.at - self.tick
-        if late > _NOTICEABLE_GAP:
-            snapshot = self._probes.take(full=True)  # a thread new since may hold the GIL
-        self._history.append(snapshot)
         # How long this thread waited for the GIL or for a CPU since the last tick: time in
         # which the process was not paused, whatever the other threads did.
         waited = self._own.read()
+        if late > _NOTICEABLE_GAP or self._ticks % _FULL_EVERY == 0:
+            # A late tick: a thread new since may hold the GIL.
+            self._history.append(self._probes.take(full=True))
+        elif used > _IDLE_CPU * self.tick or self._handlers or self._loop_overdue(now):
+            self._history.append(self._probes.take())
         if late > _NOTICEABLE_GAP:
             # Some thread held the GIL the watchdog waited for, or the watchdog waited for a
             # CPU: the process ran. Neither (and no CPU used) means it was paused.
-            active = max(waited, snapshot.process_cpu - previous.process_cpu)
+            active = max(waited, used)
             paused = max(0.0, late - active) if active < late / 2 else 0.0
-            self._gaps.append(_Gap(snapshot.at, late, paused))
+            self._gaps.append(_Gap(now, late, paused))
             if paused > self.threshold:
-                self._report_watchdog_pause(previous, snapshot, paused)
+                self._report_watchdog_pause((previous_tick, now), used, paused)
         if self._dump is not None:
-            self._dump.arm(snapshot.at)
-            stacks = self._dump.take(snapshot.at)
+            self._dump.arm(now)
+            # faulthandler writes only after the watchdog missed ticks: a late tick.
+            stacks = self._dump.take(now) if late > _NOTICEABLE_GAP else None
             if stacks is not None:
-                self._dumps.append((previous.at, snapshot.at, stacks))
+                self._dumps.append((previous_tick, now, stacks))
 
-    def _report_watchdog_pause(self, before: Snapshot, after: Snapshot, paused: float) -> None:
-        self._pause_reported_until = after.at
+    def _loop_overdue(self, now: float) -> bool:
+        unit = self._loop_unit
+        return unit is not None and now > unit.since
+
+    def _report_watchdog_pause(self, window: Window, used: float, paused: float) -> None:
+        start, end = window
+        self._pause_reported_until = end
         STALLS.labels(kind=PROCESS, cause=Cause.PAUSED.value).inc()
         STALL_DURATION.labels(kind=PROCESS, cause=Cause.PAUSED.value).observe(paused)
         log.warning(
             "process_paused",
             kind=PROCESS,
             cause=Cause.PAUSED.value,
-            duration=round(after.at - before.at, 3),
+            duration=round(end - start, 3),
             paused=round(paused, 3),
-            process_cpu=round(after.process_cpu - before.process_cpu, 3),
-            **_withheld(self._snapshot_before(before.at, full=True), after),
+            process_cpu=round(used, 3),
+            **_withheld(self._snapshot_before(start, full=True), self._history[-1]),
             hint="no thread of the process ran: SIGSTOP, a frozen container or VM, or CPU "
             "throttling; no code of this service is to blame",
         )
@@ -431,6 +458,8 @@ class StallWatchdog:
     def _check(self) -> None:
         """Report units that are stuck right now, while they are."""
         now = time.monotonic()
+        if not self._handlers and not self._loop_overdue(now):
+            return
         due = self._due(now)
         if not due:
             return
