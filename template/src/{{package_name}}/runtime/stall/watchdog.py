@@ -103,11 +103,13 @@ class _Unit:
     task: Fields = field(default_factory=dict)
     baseline: Snapshot | None = None
 
-    def ended(self, now: float, took: float, cpu: float) -> _Ended:
-        """The stretch of work ending now, as a stall to report."""
+    def ended(self, now: float, took: float, cpu: float, *, since: float = 0.0) -> _Ended:
+        """The stretch of work ending now, as a stall to report, judged from ``since`` if the
+        stretch started earlier (its CPU time is counted from its start all the same)."""
         request = {**self.task, **self.fields}
+        started = max(self.started, since)
         return _Ended(
-            self, self.started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
+            self, started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
         )
 
     def moved(self) -> None:
@@ -337,7 +339,8 @@ class StallWatchdog:
         idle = cpu - unit.cpu_start < _IDLE_CPU * (now - unit.started)
         interval = self.rest_interval if idle else self.lag_interval
         with self._lock:
-            ended = unit.ended(now, lag, cpu) if unit.reported or lag > self.threshold else None
+            stalled = unit.reported or lag > self.threshold
+            ended = unit.ended(now, lag, cpu, since=self._judged_from(unit)) if stalled else None
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + interval
@@ -348,6 +351,13 @@ class StallWatchdog:
             self._hand_over(ended)
         if watching:
             loop.call_later(interval, self._beat, loop, unit)
+
+    def _judged_from(self, unit: _Unit) -> float:
+        """Where a stall of ``unit`` is judged from. A handler: its start. The loop: when its
+        beat was due. Before that it may have idled (a resting loop, for most of a tick), and
+        idle time would dilute the share of the stall it spent on CPU; from then on it surely
+        ran no callback. Its CPU time is still counted from the last beat."""
+        return unit.since if unit.kind == LOOP else unit.started
 
     def _run(self) -> None:
         if self._dump is not None:
@@ -498,10 +508,11 @@ class StallWatchdog:
     def _report_detected(
         self, unit: _Unit, generation: int, cpu: float | None, sampled: Stack, now: float
     ) -> None:
-        cause, extra = self._diagnose(unit, (unit.started, now), cpu, unit.baseline)
+        window = (self._judged_from(unit), now)
+        cause, extra = self._diagnose(unit, window, cpu, unit.baseline)
         if not cause.blames_code:
             return  # looked at again next tick; a pause is reported as such once it is over
-        stack = self._stack_for(unit, cause, sampled, (unit.started, now), extra)
+        stack = self._stack_for(unit, cause, sampled, window, extra)
         with self._lock:
             if unit.generation != generation or unit.reported:
                 return  # it moved on while we looked: the stack would be wrong
