@@ -419,7 +419,6 @@ class StallWatchdog:
         process_cpu = time.process_time()
         late = now - previous_tick - self.tick
         used = process_cpu - self._last_process_cpu
-        self._last_tick, self._last_process_cpu = now, process_cpu
         self._ticks += 1
         # How long this thread waited for the GIL or for a CPU since the last tick: time in
         # which the process was not paused, whatever the other threads did.
@@ -443,6 +442,9 @@ class StallWatchdog:
             stacks = self._dump.take(now) if late > _NOTICEABLE_GAP else None
             if stacks is not None:
                 self._dumps.append((previous_tick, now, stacks))
+        # Last: a handler that ends while this tick reads files (the GIL is let go then) must
+        # still see that the watchdog has not run since the gap, until the gap is recorded.
+        self._last_tick, self._last_process_cpu = now, process_cpu
 
     def _loop_overdue(self, now: float) -> bool:
         unit = self._loop_unit
