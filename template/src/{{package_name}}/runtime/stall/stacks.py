@@ -10,13 +10,21 @@ from __future__ import annotations
 import re
 import sysconfig
 import traceback
+from pathlib import Path
 from types import FrameType
 
 MAX_FRAMES = 60
 
 # Frames from here are rarely what to fix: the culprit is the innermost frame outside them.
-_STDLIB_PREFIXES = tuple(
-    {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"], "<frozen "}
+# The watchdog's own code is one of them: its gc callback runs on the thread a collection
+# paused, and may be on top of the stack when the stack is taken.
+_NOT_TO_BLAME = tuple(
+    {
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["platstdlib"],
+        "<frozen ",
+        f"{Path(__file__).parent}/",
+    }
 )
 _THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
 _FRAME_LINE = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+|\?\?\?) in (?P<name>.*)$')
@@ -38,9 +46,10 @@ def format_stack(frame: FrameType | None) -> list[str]:
 
 
 def culprit(stack: list[str]) -> str | None:
-    """The innermost frame of ``stack`` outside the standard library (or the innermost one)."""
+    """The innermost frame of ``stack`` outside the standard library and the watchdog (or the
+    innermost one)."""
     for entry in reversed(stack):
-        if not entry.startswith(_STDLIB_PREFIXES):
+        if not entry.startswith(_NOT_TO_BLAME):
             return entry
     return stack[-1] if stack else None
 
