@@ -103,11 +103,11 @@ class _Unit:
     task: Fields = field(default_factory=dict)
     baseline: Snapshot | None = None
 
-    def ended(self, now: float, took: float, cpu: float, *, since: float = 0.0) -> _Ended:
-        """The stretch of work ending now, as a stall to report, judged from ``since`` if the
-        stretch started earlier (its CPU time is counted from its start all the same)."""
+    def ended(self, now: float, took: float, cpu: float, *, judged_from: float = 0.0) -> _Ended:
+        """The stretch of work ending now, as a stall to report, judged from ``judged_from``
+        if the stretch started earlier (its CPU time is counted from its start all the same)."""
         request = {**self.task, **self.fields}
-        started = max(self.started, since)
+        started = max(self.started, judged_from)
         return _Ended(
             self, started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
         )
@@ -339,8 +339,9 @@ class StallWatchdog:
         idle = cpu - unit.cpu_start < _IDLE_CPU * (now - unit.started)
         interval = self.rest_interval if idle else self.lag_interval
         with self._lock:
-            stalled = unit.reported or lag > self.threshold
-            ended = unit.ended(now, lag, cpu, since=self._judged_from(unit)) if stalled else None
+            ended = None
+            if unit.reported or lag > self.threshold:
+                ended = unit.ended(now, lag, cpu, judged_from=self._judged_from(unit))
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + interval
