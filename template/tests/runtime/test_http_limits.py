@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,3 +93,34 @@ def test_slow_senders_are_disconnected_and_others_still_served(
         for sock in slow:
             sock.close()
     wait_until(lambda: len(service.events("request_head_refused")) >= SLOW_CLIENTS, 30)
+
+
+def test_each_head_on_a_keep_alive_connection_gets_the_whole_header_timeout(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    # The time limit of a head counts from its own first byte, not from the connection's
+    # previous request: a connection sending its second request late, then slowly, is served.
+    service = start_http(start_service, offload_executor="thread", header_timeout=4)
+    request = b"GET /v1/ping HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(3)  # the slow client under test: most of the limit passes between requests
+        sock.sendall(request[:20])
+        time.sleep(2.5)  # past 4 s from the first request, 2.5 s into this head
+        sock.sendall(request[20:])
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(request[:20])  # a third head that never ends
+        assert read_response(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response's head and its (small) body, or what came before the connection closed."""
+    response = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in response or not response.endswith((b"}", b"]")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    return response

@@ -128,30 +128,61 @@ def bind(
     The trace context that is current then (the caller's, or the server span of the
     transport's instrumentation) is remembered as the request's ``traceparent``.
     """
-    values: list[tuple[ContextVar[Any], object]] = [(_request_id, request_id)]
-    if budget is not None:
-        values.append((_deadline, _deadline_in(budget)))
-    return _Scope(tuple(values), caller_trace, remember_trace=True)
+    deadline = None if budget is None else _deadline_in(budget)
+    return _RequestScope(request_id, deadline, caller_trace)
+
+
+class _RequestScope:
+    """What :func:`bind` returns; entered for every request, so it does only what is asked."""
+
+    __slots__ = ("_attached", "_tokens", "caller_trace", "deadline", "request_id")
+
+    def __init__(
+        self, request_id: str, deadline: float | None, caller_trace: Mapping[str, str] | None
+    ) -> None:
+        self.request_id = request_id
+        self.deadline = deadline
+        self.caller_trace = caller_trace
+        self._attached: Token[otel_context.Context] | None = None
+        self._tokens: tuple[Token[str | None], Token[str | None], Token[float | None] | None]
+
+    def __enter__(self) -> None:
+        if self.caller_trace:
+            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
+        # Without a span there is nothing to propagate: the propagators are not asked.
+        span = trace.get_current_span().get_span_context()
+        traceparent = trace_headers().get("traceparent") if span.is_valid else None
+        self._tokens = (
+            _request_id.set(self.request_id),
+            _traceparent.set(traceparent),
+            _deadline.set(self.deadline) if self.deadline is not None else None,
+        )
+
+    def __exit__(self, *_: object) -> None:
+        request_id, traceparent, deadline = self._tokens
+        if deadline is not None:
+            _deadline.reset(deadline)
+        _traceparent.reset(traceparent)
+        _request_id.reset(request_id)
+        if self._attached is not None:
+            otel_context.detach(self._attached)
 
 
 class _Scope:
     """Sets context variables for the duration of a block, after making the trace context
-    of the headers ``caller_trace`` current if there are any. A transport enters one for
-    every request: a class costs a fraction of a generator-based context manager.
+    of the headers ``caller_trace`` current if there are any: a class costs a fraction of a
+    generator-based context manager.
     """
 
-    __slots__ = ("_attached", "_tokens", "caller_trace", "remember_trace", "values")
+    __slots__ = ("_attached", "_tokens", "caller_trace", "values")
 
     def __init__(
         self,
         values: tuple[tuple[ContextVar[Any], object], ...],
         caller_trace: Mapping[str, str] | None = None,
-        *,
-        remember_trace: bool = False,
     ) -> None:
         self.values = values
         self.caller_trace = caller_trace
-        self.remember_trace = remember_trace
         self._attached: Token[otel_context.Context] | None = None
         self._tokens: list[Token[Any]] = []
 
@@ -159,15 +190,8 @@ class _Scope:
         if self.caller_trace:
             self._attached = otel_context.attach(propagate.extract(self.caller_trace))
         self._tokens = [variable.set(value) for variable, value in self.values]
-        if self.remember_trace:
-            # Without a span there is nothing to propagate: the propagators are not asked.
-            span = trace.get_current_span().get_span_context()
-            traceparent = trace_headers().get("traceparent") if span.is_valid else None
-            self._tokens.append(_traceparent.set(traceparent))
 
     def __exit__(self, *_: object) -> None:
-        if self.remember_trace:
-            _traceparent.reset(self._tokens.pop())
         for (variable, _value), token in zip(self.values, self._tokens, strict=True):
             variable.reset(token)
         if self._attached is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from ...runtime.context import accept_request_id, bind
-from ...runtime.logging import Sample, get_logger
+from ...runtime.logging import RequestLogger, Sample
 from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
@@ -25,7 +25,7 @@ UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.Serv
 # gRPC reports "no deadline" as a deadline centuries away.
 NO_DEADLINE = 10**8
 
-log = get_logger("access")
+log = RequestLogger("access")
 
 
 def is_observed(method: str) -> bool:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...runtime.context import accept_request_id, bind, trace_header_names
-from ...runtime.logging import Sample, get_logger
+from ...runtime.logging import RequestLogger, Sample
 from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
 from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
 from .problems import problem_response
@@ -27,7 +27,7 @@ HTTP_1 = ("1.0", "1.1")
 # Probes and scrapes arrive every few seconds: their access log lines are debug level.
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
-log = get_logger("access")
+log = RequestLogger("access")
 
 
 class RequestRecordMiddleware:

@@ -50,14 +50,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._refusal: tuple[int, str] | None = None
+        self._head_started = 0.0  # loop time of the current head's first byte
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_begins()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         cycle = self.cycle
         unfinished = cycle is not None and not cycle.response_complete
         super().connection_lost(exc)
@@ -73,8 +75,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
-        self._arm_head_timer()
+        self._head_begins()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
@@ -85,7 +86,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
-        self._disarm_head_timer()
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -94,20 +94,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._refuse(*self._refusal)
 
-    def _arm_head_timer(self) -> None:
+    def _head_begins(self) -> None:
+        # One timer per connection, not one armed and cancelled per request: when it fires,
+        # it looks at the head being received then, and sets itself again for that head's
+        # time limit if it has one. A busy keep-alive connection costs a timer per
+        # header_timeout, not two timer operations per request.
+        self._in_head = True
+        self._head_started = self.loop.time()
         if self._head_timer is None:
-            timeout = self.limits.header_timeout
-            self._head_timer = self.loop.call_later(timeout, self._head_too_slow)
+            self._head_timer = self.loop.call_at(
+                self._head_started + self.limits.header_timeout, self._check_head
+            )
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_too_slow(self) -> None:
+    def _check_head(self) -> None:
         self._head_timer = None
-        if self._in_head:
+        if not self._in_head:
+            return  # the next head sets the timer again
+        due = self._head_started + self.limits.header_timeout
+        if self.loop.time() >= due:
             self._refuse(408, "The request's header fields did not arrive in time.")
+        else:
+            self._head_timer = self.loop.call_at(due, self._check_head)
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer ``status`` (a problem+json body) and close, whatever has been received."""
