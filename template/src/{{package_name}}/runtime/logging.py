@@ -176,7 +176,7 @@ class RequestLogger:
     """The logger of an event written for every request: the access log.
 
     An info or debug line in JSON is rendered here in one step: the same line, with the same
-    fields in the same order, as structlog writes through its processors, at a third of the
+    fields in the same order, as structlog writes through its processors, at less than half the
     cost. Anything else (the console format, an exception to render) goes through structlog.
     """
 
