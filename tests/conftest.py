@@ -30,10 +30,18 @@ from support import (
 LONG = [
     "test_own_test_suite",
     "test_installs_from_own_lock_file",
+    "test_runtime_tests",
     "test_update_from_release_equals_fresh_generation",
     "test_mypy",
 ]
-SHARED_RUNS = {"test_own_test_suite", "test_mypy"}
+# The checks that combinations share (test_matrix.py's shared_check), and the answers their
+# inputs depend on: the suite and mypy read the code of a transport and an executor; the
+# runtime's tests read only the runtime, which differs by executor alone.
+SHARED_RUNS = {
+    "test_own_test_suite": ("transport", "executor"),
+    "test_mypy": ("transport", "executor"),
+    "test_runtime_tests": ("executor",),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,24 +79,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
 
+    def shared_run(item: pytest.Item) -> str | None:
+        """The run this item shares with others: the check and the answers it depends on."""
+        name = getattr(item, "originalname", item.name)
+        combination = combination_of(item)
+        if combination is None or name not in SHARED_RUNS:
+            return None
+        return "-".join([name, *(combination[answer] for answer in SHARED_RUNS[name])])
+
+    first_of_run: set[str] = set()
+
     def rank(item: pytest.Item) -> tuple[int, int, tuple[int, ...]]:
         name = getattr(item, "originalname", item.name)
         combination = combination_of(item)
-        # Vary the first axes first and the last (deployment) last: combinations that differ
-        # only in the last axis are the ones whose checks usually share a run.
         spread = tuple(reversed(combination.indices())) if combination else ()
-        if name in SHARED_RUNS and spread and spread[0] > 0:
-            return (2, LONG.index(name), spread)
+        run = shared_run(item)
+        if run is not None and run in first_of_run:
+            return (2, LONG.index(name), spread)  # reads the recorded outcome: instant
+        if run is not None:
+            first_of_run.add(run)
         return (0, LONG.index(name), spread) if name in LONG else (1, 0, spread)
 
     for item in items:
-        combination = combination_of(item)
-        name = getattr(item, "originalname", item.name)
-        if combination and name in SHARED_RUNS:
-            # One worker takes all combinations that differ only in the last axis (with
-            # --dist loadgroup), so the ones sharing a run never wait for another worker.
-            siblings = "-".join(combination.id.split("-")[:-1])
-            item.add_marker(pytest.mark.xdist_group(name=f"{name}-{siblings}"))
+        run = shared_run(item)
+        if run is not None:
+            # One worker takes every item of a shared run (with --dist loadgroup), so the ones
+            # after the first read its outcome instead of waiting for another worker's.
+            item.add_marker(pytest.mark.xdist_group(name=run))
 
     items.sort(key=rank)
 

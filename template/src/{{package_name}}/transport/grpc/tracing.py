@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grpc
 import grpc.aio
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, server_interceptor
 
 from .rpc import is_observed
 
@@ -19,16 +18,21 @@ def _traced(details: grpc.HandlerCallDetails) -> bool:
     return is_observed(details.method)
 
 
-# The instrumentation's functions have no annotations: the types are declared here.
+# The instrumentation is imported only by a server that exports spans: it takes a tenth of a
+# second or more of the start-up. Its functions have no annotations: the types are declared here.
 
 
 def sync_tracing_interceptor() -> grpc.ServerInterceptor:
+    from opentelemetry.instrumentation.grpc import server_interceptor  # noqa: PLC0415
+
     made = server_interceptor(filter_=_traced)  # type: ignore[no-untyped-call]
     interceptor: grpc.ServerInterceptor = made
     return interceptor
 
 
 def aio_tracing_interceptor() -> grpc.aio.ServerInterceptor:
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
+
     made = aio_server_interceptor(filter_=_traced)  # type: ignore[no-untyped-call]
     interceptor: grpc.aio.ServerInterceptor = made
     return interceptor
