@@ -87,25 +87,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return None
         return "-".join([name, *(combination[answer] for answer in SHARED_RUNS[name])])
 
-    first_of_run: set[str] = set()
+    runs_seen: set[str] = set()
+    readers: set[str] = set()  # items whose run an earlier item makes: they read its outcome
+    for item in items:
+        run = shared_run(item)
+        if run is None:
+            continue
+        # One worker takes every item of a shared run (with --dist loadgroup), so the ones
+        # after the first read its outcome instead of waiting for another worker's.
+        item.add_marker(pytest.mark.xdist_group(name=run))
+        if run in runs_seen:
+            readers.add(item.nodeid)
+        runs_seen.add(run)
 
     def rank(item: pytest.Item) -> tuple[int, int, tuple[int, ...]]:
         name = getattr(item, "originalname", item.name)
         combination = combination_of(item)
         spread = tuple(reversed(combination.indices())) if combination else ()
-        run = shared_run(item)
-        if run is not None and run in first_of_run:
-            return (2, LONG.index(name), spread)  # reads the recorded outcome: instant
-        if run is not None:
-            first_of_run.add(run)
+        if item.nodeid in readers:
+            return (2, LONG.index(name), spread)
         return (0, LONG.index(name), spread) if name in LONG else (1, 0, spread)
-
-    for item in items:
-        run = shared_run(item)
-        if run is not None:
-            # One worker takes every item of a shared run (with --dist loadgroup), so the ones
-            # after the first read its outcome instead of waiting for another worker's.
-            item.add_marker(pytest.mark.xdist_group(name=run))
 
     items.sort(key=rank)
 
