@@ -19,7 +19,8 @@ def _traced(details: grpc.HandlerCallDetails) -> bool:
 
 
 # The instrumentation is imported only by a server that exports spans: its import costs about
-# a quarter of a second of CPU at start-up. Its functions have no annotations: the types are declared here.
+# a quarter of a second of CPU at start-up. Its functions have no annotations: the types are
+# declared here.
 
 
 def sync_tracing_interceptor() -> grpc.ServerInterceptor:
