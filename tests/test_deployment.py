@@ -731,7 +731,10 @@ def wait_until(
             return result
         time.sleep(0.1)
     shown = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in logs)
-    raise AssertionError(f"gave up after {timeout} s waiting for {what}\n{shown}")
+    # The reason last as well: a long log is cut in the middle when CI prints the failure.
+    raise AssertionError(
+        f"gave up after {timeout} s waiting for {what}\n{shown}\n--- gave up waiting for {what}"
+    )
 
 
 def loopback_envoy_config(config: dict[str, Any], ports: dict[str, int]) -> dict[str, Any]:
@@ -835,8 +838,13 @@ def observe_drain(project: Path, venv: Path, cache: Path, workdir: Path, **setti
         process(service_command, logs[0], cwd=project, env=env) as service,
         process(envoy, logs[1], cwd=workdir) as proxy,
     ):
+        # Starting takes seconds, but on a machine busy with the rest of the suite it may take
+        # many: the process pool's workers import the service too.
         wait_until(
-            lambda: health_flags(ports["admin"], cluster) == "healthy", "a healthy pod", logs
+            lambda: health_flags(ports["admin"], cluster) == "healthy",
+            "a healthy pod",
+            logs,
+            timeout=90,
         )
         request_through(f"127.0.0.1:{ports['ingress']}", project, answers, env)
         service.send_signal(signal.SIGTERM)

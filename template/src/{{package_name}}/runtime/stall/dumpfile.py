@@ -3,13 +3,16 @@
 While C code holds the GIL no Python thread runs, the watchdog included; only faulthandler's
 own C thread can still write, and only raw text to a file descriptor. It writes to a file the
 service owns (not stderr, where log pipelines would split it into unrelated lines): once per
-stall, since the watchdog is not there to re-arm it. When the watchdog runs again it reads the
-dump back, turns it into structured stacks for the stall report and empties the file. A dump
-that stays in the file is the stack of a hang that never ended.
+stall, since the watchdog is not there to re-arm it. When the watchdog runs again it re-arms the
+timer first, then reads the new dump back and turns it into structured stacks for the stall
+report. The file is never emptied under faulthandler (a dump written meanwhile would be lost):
+it grows by a dump per such stall, and past a limit is replaced by a fresh one at the same
+path. A dump nobody has read is the stack of a hang that never ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 from .stacks import parse_faulthandler_dump
 
 _PACKAGE = __name__.split(".", 1)[0]
+_REPLACE_AFTER = 1 << 20  # bytes of dumps read from one file before a fresh one replaces it
 
 
 def default_dump_path() -> Path:
@@ -38,7 +42,8 @@ class DumpFile:
         self.after = after
         self.period = period
         self._armed_at = float("-inf")
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._fd = self._create(path)
+        self._read = 0  # bytes of the file already taken
 
     @property
     def latest(self) -> float:
@@ -48,28 +53,44 @@ class DumpFile:
     def arm(self, now: float, *, force: bool = False) -> None:
         """Dump every thread's stack ``latest`` seconds from now, unless re-armed sooner.
 
-        Re-arming first waits for a dump in progress to finish, so :meth:`take` right after a
-        forced re-arm never reads half a dump.
+        Once the timer has run out (it wrote a dump), nothing is armed until this is called:
+        call it as soon as the watchdog runs again, before anything lets the GIL go. Re-arming
+        first waits for a dump in progress to finish.
         """
         if force or now - self._armed_at >= self.period:
             faulthandler.dump_traceback_later(self.latest, repeat=False, file=self._fd)
             self._armed_at = now
 
     def take(self, now: float) -> dict[str, list[str]] | None:
-        """The stacks of a dump written since the last call (then the file is emptied)."""
-        if os.fstat(self._fd).st_size == 0:
+        """The stacks of the dumps written since the last call (of the last one, if several)."""
+        if os.fstat(self._fd).st_size <= self._read:
             return None
-        self.arm(now, force=True)  # waits for the dump being written, if it still is
-        size = os.fstat(self._fd).st_size
-        text = os.pread(self._fd, size, 0).decode("utf-8", "replace")
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        return parse_faulthandler_dump(text)
+        written = self._fd
+        if self._read >= _REPLACE_AFTER:
+            with contextlib.suppress(OSError):  # if not, the file grows on
+                self._fd = self._create(self.path)
+        # On the fresh file if there is one; a dump still being written is finished first.
+        self.arm(now, force=True)
+        data = os.pread(written, os.fstat(written).st_size - self._read, self._read)
+        if written == self._fd:
+            self._read += len(data)
+        else:
+            os.close(written)
+            self._read = 0
+        return parse_faulthandler_dump(data.decode("utf-8", "replace"))
+
+    @staticmethod
+    def _create(path: Path) -> int:
+        """An empty file at ``path``, put in place atomically (a reader never sees it half)."""
+        fresh = path.with_name(f".{path.name}.new")
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.replace(fresh, path)
+        return fd
 
     def close(self) -> None:
         """Disarm; remove the file unless it holds a dump nobody has read."""
         faulthandler.cancel_dump_traceback_later()
-        empty = os.fstat(self._fd).st_size == 0
+        unread = os.fstat(self._fd).st_size > self._read
         os.close(self._fd)
-        if empty:
+        if not unread:
             self.path.unlink(missing_ok=True)

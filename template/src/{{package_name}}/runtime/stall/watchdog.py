@@ -39,6 +39,7 @@ from pathlib import Path
 from ..logging import get_logger
 from ..metrics import EVENTLOOP_LAG, LAG_WINDOW, SLOW_HANDLERS, STALL_DURATION, STALLS
 from . import spans, tasks
+from .alarm import LoopAlarm
 from .causes import Cause, Evidence, classify
 from .dumpfile import DumpFile, default_dump_path
 from .probes import (
@@ -182,6 +183,7 @@ class StallWatchdog:
         self._bell.acquire()
         self._thread: threading.Thread | None = None
         self._gc = GcTimer(threshold / 2, self._note_collected_task)
+        self._alarm = LoopAlarm(self._note_alarmed_task)
         self._probes = Probes(self._gc)
         self._history: deque[Snapshot] = deque(maxlen=_HISTORY)
         self._gaps: deque[_Gap] = deque(maxlen=_SEGMENTS)
@@ -228,6 +230,7 @@ class StallWatchdog:
         self._ring()
         thread.join()
         self._gc.uninstall()
+        self._alarm.uninstall()
         if self._dump is not None:
             self._dump.close()
             self._dump = None
@@ -322,12 +325,16 @@ class StallWatchdog:
             self._loop_unit = unit
             self._loop = loop
         LAG_WINDOW.watch(unit.since)
+        without_alarm = None if self._alarm.installed else self._alarm.install()
         log.info(
             "stall_watch_loop",
             loop_thread=thread_label(unit.thread_id),
             loop_thread_id=unit.thread_id,
             lag_interval=self.lag_interval,
+            task_alarm=without_alarm is None,
+            **({"task_alarm_unavailable": without_alarm} if without_alarm else {}),
         )
+        self._alarm.arm(self.lag_interval + self.threshold)
         loop.call_later(self.lag_interval, self._beat, loop, unit)
 
     def _beat(self, loop: asyncio.AbstractEventLoop, unit: _Unit) -> None:
@@ -351,6 +358,7 @@ class StallWatchdog:
         if ended is not None:
             self._hand_over(ended)
         if watching:
+            self._alarm.arm(interval + self.threshold)
             loop.call_later(interval, self._beat, loop, unit)
 
     def _judged_from(self, unit: _Unit) -> float:
@@ -380,8 +388,13 @@ class StallWatchdog:
             # First, before anything that could let the loop thread move on: which task is it
             # running? After a GIL-held stall this is the moment the blocking step ends.
             self._note_loop_task()
-            self._observe()
+            self._observe(slept=self.tick)
             while self._ended:
+                # The GIL can be taken from this thread in the middle of a tick or a report (C
+                # code that starts while it reads a file). A stall that ended meanwhile must be
+                # judged with the gap it made: observe again first.
+                if time.monotonic() - self._last_tick > _NOTICEABLE_GAP:
+                    self._observe(slept=0.0)
                 self._report(self._ended.popleft())
             if self._stopping:
                 return
@@ -398,6 +411,15 @@ class StallWatchdog:
             if not unit.task and time.monotonic() > unit.since:
                 unit.task = found
 
+    def _note_alarmed_task(self) -> None:
+        """On the loop thread, from :mod:`.alarm`: the loop is a threshold late, so the step
+        running now is the one that blocks it. No lock: the signal may have interrupted this
+        thread while it held the lock."""
+        unit = self._loop_unit
+        if unit is None or unit.task or time.monotonic() <= unit.since:
+            return
+        unit.task = tasks.running_task(self._loop)
+
     def _note_collected_task(self) -> None:
         """After a long collection, on the thread that ran it: if that is the loop, remember
         the task it paused. The watchdog, kept from the GIL meanwhile, may get it back only
@@ -408,8 +430,9 @@ class StallWatchdog:
         # No lock: the collection may have paused this very thread while it held the lock.
         unit.task = tasks.running_task(self._loop)
 
-    def _observe(self) -> None:
-        """Read the clocks; note a gap in which the watchdog itself could not run.
+    def _observe(self, slept: float) -> None:
+        """Read the clocks; note a gap in which the watchdog itself could not run (beyond the
+        ``slept`` seconds it meant to sleep since the last reading).
 
         Every tick reads this thread's lateness, its scheduler counts and the process's CPU
         time. The other threads' clocks are read only when something may need them later (as
@@ -417,8 +440,10 @@ class StallWatchdog:
         came late. An idle service's ticks then cost a few system calls each.
         """
         previous_tick, now = self._last_tick, time.monotonic()
+        if self._dump is not None:
+            self._dump.arm(now)  # first: a dump written meanwhile left nothing armed
         process_cpu = time.process_time()
-        late = now - previous_tick - self.tick
+        late = now - previous_tick - slept
         used = process_cpu - self._last_process_cpu
         self._ticks += 1
         # How long this thread waited for the GIL or for a CPU since the last tick: time in
@@ -438,11 +463,12 @@ class StallWatchdog:
             if paused > self.threshold:
                 self._report_watchdog_pause((previous_tick, now), used, paused)
         if self._dump is not None:
-            self._dump.arm(now)
             # faulthandler writes only after the watchdog missed ticks: a late tick.
             stacks = self._dump.take(now) if late > _NOTICEABLE_GAP else None
             if stacks is not None:
-                self._dumps.append((previous_tick, now, stacks))
+                # Up to when it was read: a stall that began during the read (the GIL is let
+                # go for it) is dumped in it too, and the last dump read is the one kept.
+                self._dumps.append((previous_tick, time.monotonic(), stacks))
         # Last: a handler that ends while this tick reads files (the GIL is let go then) must
         # still see that the watchdog has not run since the gap, until the gap is recorded.
         self._last_tick, self._last_process_cpu = now, process_cpu

@@ -1,0 +1,62 @@
+"""A kernel timer that lets a blocked event loop say which task it is blocked in.
+
+C code that holds the GIL (a regex, some C extensions) keeps the watchdog thread out until it
+returns. The watchdog then races the loop thread for the GIL, and the loop may finish the
+task's step before the watchdog gets to ask which task it was. A signal needs no GIL: the loop
+re-arms ``ITIMER_REAL`` at every heartbeat, for the moment the next beat is a threshold late.
+If that moment comes, the kernel sends ``SIGALRM``, and Python runs the handler on the main
+thread at its next chance, which is still inside the blocked step: right after the C call
+returns, or even during it (the regex engine checks for signals while it backtracks).
+
+Only for a loop on the main thread (Python runs signal handlers nowhere else), and only when
+nothing else has claimed ``SIGALRM``: the timer is the process's only one of its kind.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+_AVAILABLE = hasattr(signal, "setitimer")  # not on Windows
+
+
+class LoopAlarm:
+    """``on_alarm`` runs on the main thread whenever the armed moment passes."""
+
+    def __init__(self, on_alarm: Callable[[], None]) -> None:
+        self._on_alarm = on_alarm
+        self.installed = False
+
+    def install(self) -> str | None:
+        """Take ``SIGALRM`` (on the main thread); the reason it is not taken, or None."""
+        if not _AVAILABLE:
+            return "this platform has no interval timers"
+        if threading.current_thread() is not threading.main_thread():
+            return "the event loop does not run on the main thread"
+        if signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL:
+            return "SIGALRM has a handler already"
+        signal.signal(signal.SIGALRM, self._handle)
+        # System calls the signal interrupts are resumed, not failed with EINTR.
+        signal.siginterrupt(signal.SIGALRM, False)
+        self.installed = True
+        return None
+
+    def arm(self, seconds: float) -> None:
+        """Fire ``seconds`` from now (replacing the moment armed before)."""
+        if self.installed:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def uninstall(self) -> None:
+        """Disarm; give ``SIGALRM`` back if called on the main thread (else it stays a no-op)."""
+        if not self.installed:
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            self.installed = False
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.installed:
+            self._on_alarm()
