@@ -174,6 +174,10 @@ def test_abandoned_threads_are_answered_counted_and_keep_their_slot(
     wait_until(
         lambda: service.metric("offload_abandoned_threads") == 2, what="two abandoned threads"
     )
+    # Counted first, then logged: the lines may come a moment after the count.
+    wait_until(
+        lambda: len(service.events("offload_thread_abandoned")) == 2, what="two lines logged"
+    )
     abandoned = service.events("offload_thread_abandoned")
     assert sorted(event["request_id"] for event in abandoned) == ["req-spin-0", "req-spin-1"]
     assert {event["reason"] for event in abandoned} == {"cancelled"}
@@ -212,12 +216,12 @@ def test_abandoned_large_calls_behind_a_stuck_worker_leave_memory_bounded(
     storm()
     assert service.metric("offload_cancelled_total", stage="queued") >= 8
     # What the first storm leaves is mostly the allocator's: memory freed but kept for reuse
-    # (66-102 MiB seen on a busy machine). A second storm reuses it, where kept calls would
-    # add another 300 MiB.
+    # (66-173 MiB seen). A second storm reuses most of it, where kept calls would add another
+    # 300 MiB; how much the allocator keeps moves either way (-63 to +69 MiB seen).
     after_first = service.rss_bytes()
     storm()
     grown = service.rss_bytes() - after_first
-    assert grown < 64 * MIB, f"a second storm of 300 MiB grew the service by {grown / MIB:.0f} MiB"
+    assert grown < 150 * MIB, f"a second storm of 300 MiB grew the service by {grown / MIB:.0f} MiB"
     stuck.close()
 
 

@@ -18,12 +18,16 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import ClassVar
 
 _AVAILABLE = hasattr(signal, "setitimer")  # not on Windows
 
 
 class LoopAlarm:
     """``on_alarm`` runs on the main thread whenever the armed moment passes."""
+
+    # SIGALRM and its timer are the process's: one alarm holds them at a time.
+    _holder: ClassVar[LoopAlarm | None] = None
 
     def __init__(self, on_alarm: Callable[[], None]) -> None:
         self._on_alarm = on_alarm
@@ -35,12 +39,13 @@ class LoopAlarm:
             return "this platform has no interval timers"
         if threading.current_thread() is not threading.main_thread():
             return "the event loop does not run on the main thread"
-        if signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL:
+        # The handler an alarm left behind (uninstalled off the main thread) is taken over.
+        if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, LoopAlarm._handle):
             return "SIGALRM has a handler already"
-        signal.signal(signal.SIGALRM, self._handle)
+        signal.signal(signal.SIGALRM, LoopAlarm._handle)
         # System calls the signal interrupts are resumed, not failed with EINTR.
         signal.siginterrupt(signal.SIGALRM, False)
-        self.installed = True
+        LoopAlarm._holder, self.installed = self, True
         return None
 
     def arm(self, seconds: float) -> None:
@@ -49,14 +54,19 @@ class LoopAlarm:
             signal.setitimer(signal.ITIMER_REAL, seconds)
 
     def uninstall(self) -> None:
-        """Disarm; give ``SIGALRM`` back if called on the main thread (else it stays a no-op)."""
+        """Disarm and give ``SIGALRM`` back. Off the main thread the handler cannot be given
+        back: it stays, doing nothing, until the next alarm takes it over."""
         if not self.installed:
             return
+        self.installed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
+        if LoopAlarm._holder is self:
+            LoopAlarm._holder = None
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            self.installed = False
 
-    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
-        if self.installed:
-            self._on_alarm()
+    @staticmethod
+    def _handle(_signum: int, _frame: FrameType | None) -> None:
+        holder = LoopAlarm._holder
+        if holder is not None:
+            holder._on_alarm()
