@@ -8,8 +8,9 @@ If that moment comes, the kernel sends ``SIGALRM``, and Python runs the handler 
 thread at its next chance, which is still inside the blocked step: right after the C call
 returns, or even during it (the regex engine checks for signals while it backtracks).
 
-Only for a loop on the main thread (Python runs signal handlers nowhere else), and only when
-nothing else has claimed ``SIGALRM``: the timer is the process's only one of its kind.
+Only for a loop on the main thread (Python runs signal handlers nowhere else), and only while
+nothing else claims ``SIGALRM``: the timer is the process's only one of its kind. Code that
+installs its own handler later gets the signal to itself from then on.
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ class LoopAlarm:
         return None
 
     def arm(self, seconds: float) -> None:
-        """Fire ``seconds`` from now (replacing the moment armed before)."""
-        if self.installed:
-            signal.setitimer(signal.ITIMER_REAL, seconds)
+        """Fire ``seconds`` from now (replacing the moment armed before). If other code has
+        taken ``SIGALRM`` since, the alarm stands aside for good: the timer is theirs too."""
+        if not self.installed:
+            return
+        if signal.getsignal(signal.SIGALRM) is not LoopAlarm._handle:
+            self.installed = False
+            return
+        signal.setitimer(signal.ITIMER_REAL, seconds)
 
     def uninstall(self) -> None:
         """Disarm and give ``SIGALRM`` back. Off the main thread the handler cannot be given
