@@ -1,6 +1,7 @@
-"""The access log: a line for every RPC by default. With ``ACCESS_LOG_SAMPLE`` N, every failed
-and every slow call still gets its line, and of the fast OK calls the first and then one in N;
-``rpc_server_access_log_skipped_total`` counts those left out.
+"""The access log: a line for every RPC while there are fewer than ``ACCESS_LOG_PER_SECOND``
+fast OK calls a second. Beyond that, every failed and every slow call still gets its line, and
+of the fast OK calls one in ``ACCESS_LOG_SAMPLE``; ``rpc_server_access_log_skipped_total`` counts
+those left out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PING = f"/{SERVICE}/Ping"
 GARBAGE = b"\x0a\xff\xff\xff\x0f garbage"
 
 
-def test_every_call_is_logged_by_default(start_service: Callable[..., ServiceProcess]) -> None:
+def test_every_call_of_a_quiet_service_is_logged_by_default(start_service: Callable[..., ServiceProcess]) -> None:
     service = start_grpc(start_service)
     _ping(service, ["all-0", "all-1", "all-2"])
     wait_until(lambda: len(_lines(service)) == 3, what="an access log line per call")
@@ -31,7 +32,9 @@ def test_a_sampled_access_log_keeps_every_failure_and_counts_what_it_leaves_out(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     # Fast: quicker than the stall threshold, which no Ping reaches even on a busy machine.
-    service = start_grpc(start_service, access_log_sample=3, stall_threshold=30)
+    service = start_grpc(
+        start_service, access_log_per_second=0, access_log_sample=3, stall_threshold=30
+    )
     _ping(service, [f"fast-{n}" for n in range(7)])
     with service.channel() as channel:
         raw: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(PING)

@@ -14,7 +14,6 @@ request, and this is what keeps that cheap.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -208,20 +207,32 @@ class RequestLogger:
 
 
 class Sample:
-    """Which of a stream of routine events to keep: the first, then one in ``every``.
+    """Which of a stream of routine events to keep: every one up to ``per_second`` in each
+    second, and one in ``every`` beyond that (zap's production sampler works the same way).
 
-    The access logs use it for fast successful requests; ``skipped`` is called for each one
-    left out, so a counter can account for them. Safe on threads: ``next()`` on a counter
-    is atomic.
+    The access logs use it for fast successful requests: a quiet service logs all of them, a
+    busy one a bounded number of lines a second, whose cost no longer grows with its traffic.
+    ``skipped`` is called for each one left out, so a counter can account for them. Threads
+    may race on the count: a line more or less in a second is not worth a lock per request.
     """
 
-    def __init__(self, every: int, skipped: Callable[[], None]) -> None:
+    def __init__(self, per_second: int, every: int, skipped: Callable[[], None]) -> None:
+        self.per_second = per_second
         self.every = every
         self.skipped = skipped
-        self._seen = itertools.count()
+        self._second = 0
+        self._seen = 0
 
     def keep(self) -> bool:
-        if self.every == 1 or next(self._seen) % self.every == 0:
+        if self.every == 1:
+            return True
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second = second
+            self._seen = 0
+        beyond = self._seen - self.per_second
+        self._seen += 1
+        if beyond < 0 or beyond % self.every == 0:
             return True
         self.skipped()
         return False

@@ -33,7 +33,7 @@ ACTIVE_CALLS = Gauge(
 
 ACCESS_LOG_SKIPPED = Counter(
     "rpc_server_access_log_skipped",
-    "Fast OK calls left out of the access log by its sampling (ACCESS_LOG_SAMPLE).",
+    "Fast OK calls left out of the access log (beyond ACCESS_LOG_PER_SECOND).",
 )
 
 # The codes that mean the server failed; the others say something about the request.

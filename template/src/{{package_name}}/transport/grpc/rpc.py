@@ -51,13 +51,13 @@ class AccessLog:
     """Which finished RPCs get an access log line, and the line.
 
     Every call that failed or took ``slow`` seconds or more is logged; of the others, the fast
-    OK ones, the first and then one in ``sample``. ``rpc_server_access_log_skipped_total``
-    counts those left out. ``sample=1`` logs every call.
+    OK ones, all up to ``per_second`` in a second and one in ``sample`` beyond that.
+    ``rpc_server_access_log_skipped_total`` counts those left out. ``sample=1`` logs every call.
     """
 
-    def __init__(self, sample: int = 1, slow: float = 0.1) -> None:
+    def __init__(self, per_second: int = 0, sample: int = 1, slow: float = 0.1) -> None:
         self.slow = slow
-        self._fast_ok = Sample(sample, ACCESS_LOG_SKIPPED.inc)
+        self._fast_ok = Sample(per_second, sample, ACCESS_LOG_SKIPPED.inc)
 
     def write(
         self, record: RpcRecord, code: grpc.StatusCode, seconds: float, error: Exception | None

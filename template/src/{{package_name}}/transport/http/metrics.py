@@ -26,7 +26,7 @@ REQUEST_DURATION = Histogram(
 
 ACCESS_LOG_SKIPPED = Counter(
     "http_server_access_log_skipped",
-    "Fast successful requests left out of the access log by its sampling (ACCESS_LOG_SAMPLE).",
+    "Fast successful requests left out of the access log (beyond ACCESS_LOG_PER_SECOND).",
 )
 
 # RFC 9110's methods, PATCH and QUERY; any other is counted as "_OTHER", so a client cannot

@@ -51,8 +51,9 @@ class RequestRecordMiddleware:
     and nothing else; the traceback goes to the log.
 
     Every request is measured. The access log has every error (4xx, 5xx), every request that
-    took ``slow`` seconds or more, and one in ``sample`` of the others, the fast successful
-    ones; ``http_server_access_log_skipped_total`` counts those it leaves out.
+    took ``slow`` seconds or more, and of the others, the fast successful ones, all up to
+    ``per_second`` in a second and one in ``sample`` beyond that;
+    ``http_server_access_log_skipped_total`` counts those it leaves out.
 
     One layer rather than one per concern: each layer costs every request an ASGI call and a
     wrapped ``send``, and these four share both.
@@ -65,6 +66,7 @@ class RequestRecordMiddleware:
         close_connections: Callable[[], bool] | None = None,
         *,
         continue_traces: bool = False,
+        per_second: int = 0,
         sample: int = 1,
         slow: float = 0.1,
     ) -> None:
@@ -75,7 +77,7 @@ class RequestRecordMiddleware:
         self.trace_headers = frozenset(name.encode() for name in names)
         self.slow = slow
         self._durations = RequestDurations()
-        self._fast_successes = Sample(sample, ACCESS_LOG_SKIPPED.inc)
+        self._fast_successes = Sample(per_second, sample, ACCESS_LOG_SKIPPED.inc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
