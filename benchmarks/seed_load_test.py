@@ -53,7 +53,12 @@ FAMILIES = {
     "http": [
         Row("bare fix (FastAPI, 1 worker process)", "fastapi", bare="http"),
         Row("generated, defaults", "fastapi"),
-        Row("generated, 1 worker", "fastapi", settings={"offload_workers": 1}),
+        # The default before workers left the loop a CPU: a worker on every CPU, niced.
+        Row(
+            "generated, a worker per CPU",
+            "fastapi",
+            settings={"offload_workers": len(os.sched_getaffinity(0))},
+        ),
         Row("generated, thread executor", "fastapi", settings={"offload_executor": "thread"}),
     ],
     "grpc": [

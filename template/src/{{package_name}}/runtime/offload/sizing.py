@@ -1,4 +1,4 @@
-"""How many workers fit: the CPUs this process may really use.
+"""How many workers fit: the CPUs this process may really use, and the pool's default size.
 
 ``os.cpu_count()`` is the host's count and the affinity mask ignores CPU quotas: a container
 limited to 2 CPUs on a 64-core node sees 64 in both. The quota lives in the cgroup: ``cpu.max``
@@ -83,3 +83,15 @@ def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) 
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return cpus
+
+
+def default_workers(executor: str) -> int:
+    """The pool's default size: for worker processes, one per usable CPU but one, which the
+    event loop keeps (and at least one); for threads, which share the loop's interpreter, one
+    per usable CPU.
+
+    Niced workers alone do not protect the loop on a small machine: with a worker on every
+    CPU, the loop shares its CPU with one and light requests slow down (docs/benchmarks.md).
+    """
+    cpus = usable_cpus()
+    return max(1, cpus - 1) if executor == "process" else cpus
