@@ -56,11 +56,7 @@ async def serve(settings: GrpcSettings) -> int:
             RequestInterceptor(
                 Admission(settings.max_concurrent_rpcs),
                 continue_traces=not exporting,
-                access_log=AccessLog(
-                    settings.access_log_per_second,
-                    settings.access_log_sample,
-                    settings.stall_threshold,
-                ),
+                access_log=AccessLog.following(settings),
             ),
         ],
         options=settings.server_options(),

@@ -17,6 +17,7 @@ import grpc
 
 from ...runtime.context import accept_request_id, bind
 from ...runtime.logging import RequestLogger, Sample
+from ...runtime.settings import RuntimeSettings
 from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
@@ -58,6 +59,13 @@ class AccessLog:
     def __init__(self, per_second: int = 0, sample: int = 1, slow: float = 0.1) -> None:
         self.slow = slow
         self._fast_ok = Sample(per_second, sample, ACCESS_LOG_SKIPPED.inc)
+
+    @classmethod
+    def following(cls, settings: RuntimeSettings) -> AccessLog:
+        """The access log ``settings`` ask for (``ACCESS_LOG_*``; slow: ``STALL_THRESHOLD``)."""
+        return cls(
+            settings.access_log_per_second, settings.access_log_sample, settings.stall_threshold
+        )
 
     def write(
         self, record: RpcRecord, code: grpc.StatusCode, seconds: float, error: Exception | None

@@ -60,11 +60,7 @@ def serve(settings: GrpcSettings) -> int:
                 admission,
                 runtime.watchdog,
                 continue_traces=not exporting,
-                access_log=AccessLog(
-                    settings.access_log_per_second,
-                    settings.access_log_sample,
-                    settings.stall_threshold,
-                ),
+                access_log=AccessLog.following(settings),
             ),
         ],
         options=settings.server_options(),
