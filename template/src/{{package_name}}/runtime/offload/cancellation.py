@@ -1,38 +1,58 @@
 """Cancelling blocking callers' calls: the synchronous counterpart of task cancellation.
 
 An ``await offload(...)`` is stopped by cancelling its task. A thread blocked in
-``offload_sync`` cannot be cancelled, so the transport opens a scope per request and cancels
-it when the client goes away (gRPC: ``context.add_callback(scope.cancel)``)::
+``offload_sync`` cannot be cancelled, so the transport opens a scope per request, and the scope
+is cancelled when the client goes away. gRPC's termination callbacks do it::
 
-    with cancel_scope() as scope:
-        context.add_callback(scope.cancel)
+    with cancel_scope(context.add_callback):
         return handler(request, context)
+
+The scope asks for the callback only when the request first offloads a call: most requests
+offload nothing, and registering it takes a lock that grpcio's own thread also takes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .job import Job
     from .pool import Offloader
 
+# Registers a callback to run when the request ends; False if it has ended already.
+OnEnd = Callable[[Callable[[], None]], bool]
+
 _scope: ContextVar[CancelScope | None] = ContextVar("offload_cancel_scope", default=None)
 
 
 class CancelScope:
-    """The offloaded calls a request is waiting for; :meth:`cancel` stops them all."""
+    """The offloaded calls a request is waiting for; :meth:`cancel` stops them all.
 
-    def __init__(self) -> None:
+    Entered (``with``), it is the scope of the calls made in the block, on this thread.
+    """
+
+    def __init__(self, on_end: OnEnd | None = None) -> None:
+        self._on_end = on_end
         self._lock = threading.Lock()
         self._jobs: dict[Job, Offloader] = {}
+        self._token: Token[CancelScope | None] | None = None
         self.cancelled = False
 
+    def __enter__(self) -> CancelScope:
+        self._token = _scope.set(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _scope.reset(self._token)
+
     def track(self, pool: Offloader, job: Job) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None and not on_end(self.cancel):
+            self.cancel()  # the request has already ended
         with self._lock:
             cancelled = self.cancelled
             if not cancelled:
@@ -53,15 +73,11 @@ class CancelScope:
             pool.abandon(job)
 
 
-@contextmanager
-def cancel_scope() -> Iterator[CancelScope]:
-    """A scope for the calls made in the block (see the module docstring)."""
-    scope = CancelScope()
-    token = _scope.set(scope)
-    try:
-        yield scope
-    finally:
-        _scope.reset(token)
+def cancel_scope(on_end: OnEnd | None = None) -> CancelScope:
+    """A scope for the calls made in the block (see the module docstring); ``on_end``
+    registers its :meth:`~CancelScope.cancel` for when the request ends, at the first call.
+    """
+    return CancelScope(on_end)
 
 
 def current_scope() -> CancelScope | None:

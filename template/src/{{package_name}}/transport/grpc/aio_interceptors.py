@@ -57,7 +57,7 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
                 record = begin(method, context)
                 if streamed:  # the handler writes responses: the id goes ahead of them
                     await context.send_initial_metadata(record.response_metadata)
-                with record.scope():
+                with record:
                     if request is UNDECODABLE:
                         await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                     try:

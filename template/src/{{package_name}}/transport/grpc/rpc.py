@@ -1,7 +1,7 @@
 """What both gRPC servers record about each RPC: request id, access log line, metrics.
 
 The interceptor core (``interceptor.py``) starts an :class:`RpcRecord` when an application
-RPC starts, runs the handler inside :meth:`RpcRecord.scope` and :meth:`RpcRecord.finish`-es it
+RPC starts, runs the handler inside it (``with record:``) and :meth:`RpcRecord.finish`-es it
 with the final status. Health checks and reflection are infrastructure, polled every few
 seconds: they get no record, no log line and no metrics.
 """
@@ -9,8 +9,7 @@ seconds: they get no record, no log line and no metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -112,24 +111,24 @@ class RpcRecord:
         self.request_id = accept_request_id(request_id)
         remaining = context.time_remaining()
         self.time_remaining = None if remaining is None or remaining > NO_DEADLINE else remaining
+        self._bound = bind(self.request_id, budget=self.time_remaining, caller_trace=self.trace)
 
     @property
     def response_metadata(self) -> tuple[tuple[str, str]]:
         """What the server sends back: the request id it used."""
         return ((REQUEST_ID_KEY, self.request_id),)
 
-    @contextmanager
-    def scope(self) -> Iterator[None]:
-        """While the RPC runs: its request id, the client's deadline and trace context are
-        bound (for log lines and offloaded work), and it counts as in flight.
+    def __enter__(self) -> None:
+        """While the RPC runs (``with record:``): its request id, the client's deadline and
+        trace context are bound (for log lines and offloaded work), and it counts as in flight.
+        A class rather than ``@contextmanager``: this runs for every RPC.
         """
-        active = self.metrics.active
-        active.inc()
-        try:
-            with bind(self.request_id, budget=self.time_remaining, caller_trace=self.trace):
-                yield
-        finally:
-            active.dec()
+        self._bound.__enter__()
+        self.metrics.active.inc()
+
+    def __exit__(self, *_: object) -> None:
+        self.metrics.active.dec()
+        self._bound.__exit__(None, None, None)
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
         """Observe the call's duration (``metrics.py``) and write its access log line."""

@@ -6,13 +6,16 @@ threads of its own (like health checks, see ``health.py``), and an application R
 handler rebuilt. The wrapper then runs on a handler thread; unary RPCs are also watched by the
 stall watchdog, which logs the thread's stack if the handler runs longer than the stall
 threshold. A stream that waits between messages is not stalled, so streams are not watched.
+
+A handler thread blocked in ``offload_sync`` cannot be interrupted: when the RPC ends early
+(cancelled, deadline), gRPC's termination callback cancels the request's ``cancel_scope``
+instead, which drops a queued call or stops a worker process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -71,7 +74,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             record = begin(method, context)
-            with record.scope(), stopped_when_cancelled(context):
+            with record, cancel_scope(context.add_callback):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                 with watch_handler(method):
@@ -88,7 +91,7 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             record = self.begin(method, context)
             context.send_initial_metadata(record.response_metadata)  # before the first message
-            with record.scope(), stopped_when_cancelled(context):
+            with record, cancel_scope(context.add_callback):
                 if request is UNDECODABLE:
                     _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                 try:
@@ -98,19 +101,6 @@ class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
                 record.finish(_final_code(context))
 
         return handle
-
-
-@contextmanager
-def stopped_when_cancelled(context: grpc.ServicerContext) -> Iterator[None]:
-    """Offloaded calls made in the block stop when the RPC ends early (cancelled, deadline).
-
-    A handler thread blocked in ``offload_sync`` cannot be interrupted; gRPC's termination
-    callback cancels the scope instead, which drops a queued call or stops a worker process.
-    """
-    with cancel_scope() as scope:
-        if not context.add_callback(scope.cancel):
-            scope.cancel()  # the RPC has already ended
-        yield
 
 
 def _refuse(_request: Any, context: grpc.ServicerContext) -> None:
