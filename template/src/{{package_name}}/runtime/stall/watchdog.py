@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,32 +240,31 @@ class StallWatchdog:
         target = loop if loop is not None else asyncio.get_running_loop()
         target.call_soon_threadsafe(self._first_beat, target)
 
-    @contextmanager
-    def watch_handler(self, name: str, **fields: object) -> Iterator[None]:
+    def watch_handler(self, name: str, **fields: object) -> AbstractContextManager[None]:
         """Watch the current thread while the block runs (one synchronous RPC).
 
         ``name`` is the RPC method; ``fields`` go into every report, after the request id and
         trace id bound in this thread.
         """
-        unit = _Unit(HANDLER, name, {**tasks.current_request(), **fields})
+        return _Watched(self, _Unit(HANDLER, name, {**tasks.current_request(), **fields}))
+
+    def _add_handler(self, unit: _Unit) -> None:
         with self._lock:
             self._handlers.add(unit)
         _current.watch = (self, unit)
-        try:
-            yield
-        finally:
-            _current.watch = None
-            self._settle(unit)
 
     def _settle(self, unit: _Unit) -> None:
         """Stop watching ``unit`` (on its own thread); report its last stretch if it stalled."""
-        now, cpu = time.monotonic(), time.thread_time()
+        now = time.monotonic()
         with self._lock:
             self._handlers.discard(unit)
             reported = unit.reported
             took = now - unit.started
-            # Most calls end well within the threshold: nothing to build for them.
-            ended = unit.ended(now, took, cpu) if reported or took > self.threshold else None
+            # Most calls end well within the threshold: nothing to build for them, and not
+            # even the thread's CPU clock to read (a system call).
+            ended = None
+            if reported or took > self.threshold:
+                ended = unit.ended(now, took, time.thread_time())
             unit.moved()
         if ended is None:
             return
@@ -732,6 +731,24 @@ class StallWatchdog:
             **extra,
             hint="the process was paused or throttled; no code of this service is to blame",
         )
+
+
+class _Watched:
+    """What :meth:`StallWatchdog.watch_handler` returns. A class rather than a
+    ``@contextmanager``: it wraps every synchronous RPC."""
+
+    __slots__ = ("unit", "watchdog")
+
+    def __init__(self, watchdog: StallWatchdog, unit: _Unit) -> None:
+        self.watchdog = watchdog
+        self.unit = unit
+
+    def __enter__(self) -> None:
+        self.watchdog._add_handler(self.unit)
+
+    def __exit__(self, *_: object) -> None:
+        _current.watch = None
+        self.watchdog._settle(self.unit)
 
 
 class _Own:

@@ -124,10 +124,10 @@ class RpcRecord:
         A class rather than ``@contextmanager``: this runs for every RPC.
         """
         self._bound.__enter__()
-        self.metrics.active.inc()
+        self.metrics.active.add(self)
 
     def __exit__(self, *_: object) -> None:
-        self.metrics.active.dec()
+        self.metrics.active.discard(self)
         self._bound.__exit__(None, None, None)
 
     def finish(self, code: grpc.StatusCode, error: Exception | None = None) -> None:
