@@ -125,6 +125,7 @@ class GcTimer:
         self.total = 0.0
         self.started: float | None = None
         self.generation: int | None = None  # of the last collection longer than a millisecond
+        self.thread: int | None = None  # the thread of the running (or last) collection
         self.long_after = long_after
         self.on_long = on_long
 
@@ -139,7 +140,7 @@ class GcTimer:
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         now = time.monotonic()
         if phase == "start":
-            self.started = now
+            self.started, self.thread = now, threading.get_ident()
         elif self.started is not None:
             took = now - self.started
             self.total += took

@@ -1,8 +1,9 @@
 """Stacks as lists of ``file:line in function`` (outermost first), and which frame to blame.
 
-Stacks come from two places: ``sys._current_frames()`` while the watchdog can run, and the
-text faulthandler writes when it cannot (C code holding the GIL). Both end up in the same shape
-so that a report looks the same whichever way its stack was captured.
+Stacks come from ``sys._current_frames()`` while the watchdog can run, from the text
+faulthandler writes when it cannot (C code holding the GIL), and from the frame a garbage
+collection paused. All end up in the same shape so that a report looks the same whichever way
+its stack was captured.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def format_stack(frame: FrameType | None) -> list[str]:
     """``file:line in function`` for each frame, outermost first, innermost last."""
     if frame is None:
         return []
-    return [
-        f"{entry.filename}:{entry.lineno} in {entry.name}"
-        for entry in traceback.extract_stack(frame, limit=MAX_FRAMES)
-    ]
+    # Without the lines' text, which would be read from the source files: a gc callback
+    # formats the stack of the thread a collection paused, and must not wait for a disk.
+    summary = traceback.StackSummary.extract(
+        traceback.walk_stack(frame), limit=MAX_FRAMES, lookup_lines=False
+    )
+    return [f"{entry.filename}:{entry.lineno} in {entry.name}" for entry in reversed(summary)]
 
 
 def culprit(stack: list[str]) -> str | None:

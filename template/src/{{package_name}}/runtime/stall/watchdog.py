@@ -182,7 +182,7 @@ class StallWatchdog:
         self._bell = threading.Lock()
         self._bell.acquire()
         self._thread: threading.Thread | None = None
-        self._gc = GcTimer(threshold / 2, self._note_collected_task)
+        self._gc = GcTimer(threshold / 2, self._note_collection)
         self._alarm = LoopAlarm(self._note_alarmed_task)
         self._probes = Probes(self._gc)
         self._history: deque[Snapshot] = deque(maxlen=_HISTORY)
@@ -193,6 +193,8 @@ class StallWatchdog:
         self._last_tick = time.monotonic()
         self._last_process_cpu = time.process_time()
         self._peeked: tuple[float, Fields] = (0.0, {})
+        # The last long collection: when it ended, its thread, and the stack it paused.
+        self._collected: tuple[float, int, Stack] | None = None
         self._own = _Own(None)
         self._history.append(self._probes.take(full=True))
 
@@ -421,14 +423,21 @@ class StallWatchdog:
             return
         unit.task = tasks.running_task(self._loop)
 
-    def _note_collected_task(self) -> None:
-        """After a long collection, on the thread that ran it: if that is the loop, remember
-        the task it paused. The watchdog, kept from the GIL meanwhile, may get it back only
-        after the task's step (and the loop's next beat) has run."""
+    def _note_collection(self) -> None:
+        """After a long collection, on the thread that ran it, still inside the code it paused:
+        remember that code's stack (what allocated, or called ``gc.collect()``). A stack taken
+        any later shows where the thread went next, even faulthandler's: its timer may run
+        out just after the collection. If the thread is the loop, remember the task too: the
+        watchdog, kept from the GIL meanwhile, may get it back only after the task's step (and
+        the loop's next beat) has run.
+
+        No lock: the collection may have paused this very thread while it held the lock.
+        """
+        paused = sys._getframe(2)  # above this method and GcTimer's callback
+        self._collected = (time.monotonic(), threading.get_ident(), format_stack(paused))
         unit = self._loop_unit
         if unit is None or unit.thread_id != threading.get_ident() or unit.task:
             return
-        # No lock: the collection may have paused this very thread while it held the lock.
         unit.task = tasks.running_task(self._loop)
 
     def _observe(self, slept: float) -> None:
@@ -555,7 +564,7 @@ class StallWatchdog:
             thread=thread_label(unit.thread_id),
             stalled_for=round(now - unit.since, 3),
             threshold=self.threshold,
-            culprit=extra.pop("gil_holder_culprit", None) or culprit(stack or []),
+            culprit=extra.pop("culprit_elsewhere", None) or culprit(stack or []),
             stack=stack or [],
             **extra,
             **unit.task,
@@ -644,22 +653,50 @@ class StallWatchdog:
     def _stack_for(
         self, unit: _Unit, cause: Cause, sampled: Stack | None, window: Window, extra: Fields
     ) -> Stack | None:
-        """The stack to report: faulthandler's, taken during the stall, when the GIL was held
-        (a stack sampled afterwards would show where the thread went next); else ``sampled``.
-        Adds the GIL holder's stack and culprit to ``extra`` for a :attr:`Cause.GIL_WAIT`.
+        """The stack to report: for a collection, the one it paused on this thread; else
+        faulthandler's, taken during the stall, when the GIL was held (a stack sampled
+        afterwards would show where the thread went next); else ``sampled``. Adds the stack
+        and culprit of the thread to blame to ``extra`` when it is another one: the GIL holder
+        for a :attr:`Cause.GIL_WAIT`, the thread that collected for a :attr:`Cause.GC`.
         """
         dumped = self._dump_during(*window)
+        collected = self._collection_during(*window) if cause is Cause.GC else None
         stack = sampled
         extra["stack_source"] = "sampled" if sampled is not None else None
-        if dumped is not None and cause in (Cause.C_CODE, Cause.GC, Cause.GIL_WAIT):
+        if collected is not None and collected[0] == unit.thread_id:
+            stack = collected[1]
+            extra["stack_source"] = "collection"
+        elif dumped is not None and cause in (Cause.C_CODE, Cause.GC, Cause.GIL_WAIT):
             stack = dumped.get(thread_label(unit.thread_id), sampled)
             extra["stack_source"] = "faulthandler"
             extra["faulthandler_file"] = str(self._dump.path) if self._dump else None
+        if collected is not None and collected[0] != unit.thread_id:
+            # Any thread's allocation may start a collection, which holds the GIL throughout.
+            extra["gc_thread"] = thread_label(collected[0])
+            extra["gc_thread_name"] = self._probes.names.get(collected[0], "?")
+            extra["gc_stack"] = collected[1]
+            extra["culprit_elsewhere"] = culprit(collected[1])
         if cause is Cause.GIL_WAIT and "gil_holder_thread" in extra:
             holder_stack = (dumped or {}).get(str(extra["gil_holder_thread"]), [])
             extra["gil_holder_stack"] = holder_stack
-            extra["gil_holder_culprit"] = culprit(holder_stack)
+            extra["culprit_elsewhere"] = culprit(holder_stack)
         return stack
+
+    def _collection_during(self, start: float, end: float) -> tuple[int, Stack] | None:
+        """The thread of a collection in the window and the stack it paused there: the last
+        long one if it ended in the window, or one still running. (A collection's callbacks
+        are Python code, and its thread may let go of the GIL in the one at its end.)"""
+        thread = self._gc.thread
+        if self._gc.started is not None and thread is not None:
+            frames = sys._current_frames()
+            try:
+                return thread, format_stack(frames.get(thread))
+            finally:
+                del frames
+        if self._collected is None:
+            return None
+        at, thread, stack = self._collected
+        return (thread, stack) if start <= at <= end else None
 
     def _dump_during(self, start: float, end: float) -> dict[str, list[str]] | None:
         for dumped_from, dumped_to, stacks in reversed(self._dumps):
@@ -689,7 +726,7 @@ class StallWatchdog:
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
         event = "event_loop_stalled" if unit.kind == LOOP else "handler_stalled"
-        blamed = extra.pop("gil_holder_culprit", None) or culprit(stack or [])
+        blamed = extra.pop("culprit_elsewhere", None) or culprit(stack or [])
         log.warning(
             event,
             kind=unit.kind,
