@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import Context, ContextVar, Token
 from typing import Any
 
@@ -208,17 +208,10 @@ def snapshot_of(ctx: Context) -> dict[str, str | None]:
     return {"request_id": ctx.get(_request_id), "traceparent": ctx.get(_traceparent)}
 
 
-@contextmanager
-def restore(values: Mapping[str, str | None]) -> Iterator[None]:
+def restore(values: Mapping[str, str | None]) -> AbstractContextManager[None]:
     """Make the values of a :func:`snapshot` current for the duration of the block: the
     request id, and the trace context as the parent of the spans started in it.
     """
     headers = {key: value for key, value in values.items() if value is not None}
-    id_token = _request_id.set(values.get("request_id"))
-    trace_token = _traceparent.set(values.get("traceparent"))
-    try:
-        with continue_trace(headers):
-            yield
-    finally:
-        _traceparent.reset(trace_token)
-        _request_id.reset(id_token)
+    ids = ((_request_id, values.get("request_id")), (_traceparent, values.get("traceparent")))
+    return _Scope(ids, headers)
