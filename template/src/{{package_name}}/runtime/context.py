@@ -93,12 +93,6 @@ def current_deadline() -> float | None:
     return _deadline.get()
 
 
-def time_remaining() -> float | None:
-    """Seconds left until the request's deadline (negative once passed), or ``None``."""
-    deadline = _deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
-
-
 def deadline_after(seconds: float | None) -> AbstractContextManager[None]:
     """Give the block a deadline ``seconds`` from now; ``None`` leaves the current one.
 
