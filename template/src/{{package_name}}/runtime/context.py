@@ -36,25 +36,19 @@ _traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
 _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
-def new_request_id() -> str:
-    """A fresh, random request id (32 hex digits), unique but not secret.
-
-    From the process's pseudo-random generator (reseeded in forked children): ``secrets`` asks
-    the kernel each time and lets go of the GIL meanwhile, and with many handler threads the
-    caller then waits to get it back.
-    """
-    return f"{random.getrandbits(128):032x}"
-
-
 def accept_request_id(value: str | None) -> str:
-    """``value`` if it is a well-formed request id, otherwise a fresh one.
+    """``value`` if it is a well-formed request id, otherwise a fresh, random one (32 hex
+    digits), unique but not secret.
 
     Incoming ids end up in logs and response headers: anything long or with unusual
     characters (spaces, quotes, control characters) is replaced rather than trusted.
     """
     if value is not None and _REQUEST_ID_RE.fullmatch(value):
         return value
-    return new_request_id()
+    # From the process's pseudo-random generator (reseeded in forked children): ``secrets``
+    # asks the kernel each time and lets go of the GIL meanwhile, and with many handler
+    # threads the caller then waits to get it back.
+    return f"{random.getrandbits(128):032x}"
 
 
 def current_request_id() -> str | None:
