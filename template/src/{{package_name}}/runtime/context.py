@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import Context, ContextVar, Token
 from typing import Any
 
@@ -36,25 +36,19 @@ _traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
 _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
-def new_request_id() -> str:
-    """A fresh, random request id (32 hex digits), unique but not secret.
-
-    From the process's pseudo-random generator (reseeded in forked children): ``secrets`` asks
-    the kernel each time and lets go of the GIL meanwhile, and with many handler threads the
-    caller then waits to get it back.
-    """
-    return f"{random.getrandbits(128):032x}"
-
-
 def accept_request_id(value: str | None) -> str:
-    """``value`` if it is a well-formed request id, otherwise a fresh one.
+    """``value`` if it is a well-formed request id, otherwise a fresh, random one (32 hex
+    digits), unique but not secret.
 
     Incoming ids end up in logs and response headers: anything long or with unusual
     characters (spaces, quotes, control characters) is replaced rather than trusted.
     """
     if value is not None and _REQUEST_ID_RE.fullmatch(value):
         return value
-    return new_request_id()
+    # From the process's pseudo-random generator (reseeded in forked children): ``secrets``
+    # asks the kernel each time and lets go of the GIL meanwhile, and with many handler
+    # threads the caller then waits to get it back.
+    return f"{random.getrandbits(128):032x}"
 
 
 def current_request_id() -> str | None:
@@ -91,12 +85,6 @@ def continue_trace(headers: Mapping[str, str]) -> AbstractContextManager[None]:
 def current_deadline() -> float | None:
     """The request's deadline (a ``time.monotonic()`` value), or ``None`` if it has none."""
     return _deadline.get()
-
-
-def time_remaining() -> float | None:
-    """Seconds left until the request's deadline (negative once passed), or ``None``."""
-    deadline = _deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
 
 
 def deadline_after(seconds: float | None) -> AbstractContextManager[None]:
@@ -208,17 +196,10 @@ def snapshot_of(ctx: Context) -> dict[str, str | None]:
     return {"request_id": ctx.get(_request_id), "traceparent": ctx.get(_traceparent)}
 
 
-@contextmanager
-def restore(values: Mapping[str, str | None]) -> Iterator[None]:
+def restore(values: Mapping[str, str | None]) -> AbstractContextManager[None]:
     """Make the values of a :func:`snapshot` current for the duration of the block: the
     request id, and the trace context as the parent of the spans started in it.
     """
     headers = {key: value for key, value in values.items() if value is not None}
-    id_token = _request_id.set(values.get("request_id"))
-    trace_token = _traceparent.set(values.get("traceparent"))
-    try:
-        with continue_trace(headers):
-            yield
-    finally:
-        _traceparent.reset(trace_token)
-        _request_id.reset(id_token)
+    ids = ((_request_id, values.get("request_id")), (_traceparent, values.get("traceparent")))
+    return _Scope(ids, headers)

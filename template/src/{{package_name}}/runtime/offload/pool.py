@@ -76,7 +76,7 @@ class Offloader:
         self.admission = Admission(workers, queue_size, min_remaining)
         self._threads: list[threading.Thread] = []
         self._processes: list[ProcessWorker] = []
-        self._abandoned = 0
+        self.abandoned = 0  # threads still running a call whose caller was answered already
         self._last_saturation_log = -_SATURATION_LOG_INTERVAL
         self._keeper = threading.Thread(
             target=self._keep_deadlines, name="offload-deadlines", daemon=True
@@ -107,11 +107,6 @@ class Offloader:
     def queued(self) -> int:
         return self.admission.queued
 
-    @property
-    def abandoned(self) -> int:
-        """Threads still running a call whose caller was answered already."""
-        return self._abandoned
-
     def start(self) -> None:
         """Start every worker and wait until each has answered (readiness waits for this)."""
         if self.admission.accepting or self.admission.closed:
@@ -128,7 +123,7 @@ class Offloader:
         metrics.OLDEST_RUNNING.labels(**labels).set_function(self.admission.oldest_running_age)
         metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.admission.running)
         metrics.QUEUED.labels(**labels).set_function(lambda: self.admission.queued)
-        metrics.ABANDONED_THREADS.labels(**labels).set_function(lambda: self._abandoned)
+        metrics.ABANDONED_THREADS.labels(**labels).set_function(lambda: self.abandoned)
         with self.admission.lock:
             self.admission.accepting = True
         log.info(
@@ -235,7 +230,7 @@ class Offloader:
             executor=self.executor,
             running=self.admission.running,
             queued=self.admission.queued,
-            abandoned_threads=self._abandoned or None,
+            abandoned_threads=self.abandoned or None,
             oldest_running_seconds=round(self.admission.oldest_running_age(), 3),
         )
 
@@ -266,14 +261,14 @@ class Offloader:
                 worker.stop(job)
             return
         with self.admission.lock:
-            self._abandoned += 1
+            self.abandoned += 1
         job.settle(error=self._stopped_error(job, "its thread cannot be stopped and runs on"))
         log.warning(
             "offload_thread_abandoned",
             function=job.label,
             reason=reason,
             ran_seconds=round(job.ran_for(), 3),
-            abandoned_threads=self._abandoned,
+            abandoned_threads=self.abandoned,
             **job.request_values(),
         )
 
@@ -337,7 +332,7 @@ class Offloader:
         self.admission.finish(job, succeeded=error is None and job.stop_reason is None)
         if self.executor == "thread" and job.stop_reason is not None:
             with self.admission.lock:
-                self._abandoned -= 1
+                self.abandoned -= 1
             log.info(
                 "offload_abandoned_thread_returned",
                 function=job.label,

@@ -190,7 +190,7 @@ class ProcessWorker:
         process.join(1.0)
         self.kill()
         reason = job.stop_reason or ("shutdown" if self._pool.admission.closed else "crash")
-        record_killed(job.label, job.submitted_ns, job.values, process.pid, reason)
+        record_killed(job, process.pid, reason)
         if job.stop_reason is not None:
             return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
         if self._pool.admission.closed:

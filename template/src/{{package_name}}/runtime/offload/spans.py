@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Status, StatusCode
 
+from .job import Job
+
 T = TypeVar("T")
 
 tracer = trace.get_tracer(__name__)
@@ -45,21 +47,15 @@ def run_in_span(
         return fn(*args, **kwargs)
 
 
-def record_killed(
-    label: str,
-    submitted_ns: int,
-    values: Mapping[str, str | None],
-    pid: int | None,
-    reason: str,
-) -> None:
+def record_killed(job: Job, pid: int | None, reason: str) -> None:
     """End, from the parent, the span of a call whose worker process died running it."""
-    headers = {key: value for key, value in values.items() if value is not None}
+    headers = {key: value for key, value in job.values.items() if value is not None}
     span = tracer.start_span(
-        f"offload {label}",
+        f"offload {job.label}",
         context=propagate.extract(headers),
-        start_time=submitted_ns,
+        start_time=job.submitted_ns,
         attributes={
-            "code.function.name": label,
+            "code.function.name": job.label,
             "offload.executor": "process",
             "offload.worker.pid": pid or 0,
             "error.type": reason,

@@ -9,11 +9,6 @@ interceptors to application RPCs only; past it they are answered RESOURCE_EXHAUS
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
-
-T = TypeVar("T")
 
 REJECTED = "the server is at its limit of concurrent RPCs; retry later with backoff"
 
@@ -37,26 +32,3 @@ class Admission:
     def leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
-
-
-class AdmittedThreads(ThreadPoolExecutor):
-    """The thread-pool server's handler threads: each job ends an admitted RPC's place.
-
-    The interceptor takes the place when grpcio asks it for the handler; grpcio then always
-    submits exactly one job here for that RPC, even when the client has gone away meanwhile,
-    so the place is given back whatever happens to the call. Health checks and reflection run
-    on threads of their own and are not counted.
-    """
-
-    def __init__(self, admission: Admission, threads: int) -> None:
-        super().__init__(threads, thread_name_prefix="grpc-handler")
-        self.admission = admission
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        return super().submit(self._then_leave, fn, *args, **kwargs)
-
-    def _then_leave(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.admission.leave()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+from grpc import StatusCode
 
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
@@ -62,8 +63,9 @@ class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
                         await _fail(record, context, InvalidArgumentError(UNDECODABLE_REQUEST))
                     try:
                         response = await behavior(request, context)
-                    except asyncio.CancelledError:
-                        record.finish(_cancelled_code(context))
+                    except asyncio.CancelledError:  # the deadline passed, or the client left
+                        late = StatusCode.DEADLINE_EXCEEDED
+                        record.finish(late if deadline_passed(context) else StatusCode.CANCELLED)
                         raise
                     except Exception as error:  # every failure becomes a status
                         await _fail(record, context, error)
@@ -91,10 +93,3 @@ async def _fail(record: RpcRecord, context: Context, error: Exception) -> NoRetu
     code, details = status_for(error, record.request_id)
     record.finish(code, error)
     await context.abort(code, details)
-
-
-def _cancelled_code(context: Context) -> grpc.StatusCode:
-    """Why grpc.aio cancelled the handler: the client's deadline passed, or it went away."""
-    if deadline_passed(context):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED

@@ -27,8 +27,8 @@ from ...runtime.lifecycle import Runtime, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
 from .admission import Admission
+from .aio_health import AioHealth
 from .aio_interceptors import RequestInterceptor
-from .health import AioHealth
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .rpc import AccessLog

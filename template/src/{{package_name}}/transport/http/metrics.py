@@ -10,7 +10,6 @@ code of a 5xx response, empty otherwise). A request that matched no route has an
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from prometheus_client import Counter, Histogram
 
@@ -37,9 +36,9 @@ KNOWN_METHODS = frozenset(
 KNOWN_METHODS_VARIABLE = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
 
 
-def known_methods(env: Mapping[str, str] | None = None) -> frozenset[str]:
+def known_methods() -> frozenset[str]:
     """The methods counted by name: the environment's list if it gives one, else the default."""
-    listed = (os.environ if env is None else env).get(KNOWN_METHODS_VARIABLE)
+    listed = os.environ.get(KNOWN_METHODS_VARIABLE)
     if listed is None:
         return KNOWN_METHODS
     return frozenset(name.strip() for name in listed.split(",") if name.strip())
@@ -48,8 +47,8 @@ def known_methods(env: Mapping[str, str] | None = None) -> frozenset[str]:
 class RequestDurations:
     """Observes request durations; each label set's child is looked up once, then reused."""
 
-    def __init__(self, methods: frozenset[str] | None = None) -> None:
-        self.methods = known_methods() if methods is None else methods
+    def __init__(self) -> None:
+        self.methods = known_methods()
         self._children: dict[tuple[str, str, int, str], Histogram] = {}
 
     def observe(self, method: str, route: str, status: int, scheme: str, seconds: float) -> None:

@@ -14,36 +14,29 @@ the connection) is answered 408 and closed.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ...runtime.logging import get_logger
 from .disconnect import abandon_handler
+from .settings import HttpSettings
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadLimits:
-    max_header_size: int
-    max_headers: int
-    header_timeout: float
 
 
 class _TooManyHeadersError(Exception):
     pass
 
 
-def bounded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
-    """The protocol class to give uvicorn, with ``limits``."""
+def bounded_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
+    """The protocol class to give uvicorn, with the head limits of the settings ``limits``."""
     # Named like the class it extends: it is uvicorn's httptools protocol, with limits.
     return type("HttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    limits: HeadLimits
+    limits: HttpSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

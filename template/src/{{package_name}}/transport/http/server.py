@@ -29,7 +29,7 @@ from ...runtime.lifecycle import Runtime, StartupError, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
 from .app import create_app
-from .protocol import HeadLimits, bounded_protocol
+from .protocol import bounded_protocol
 from .settings import HttpSettings
 
 log = get_logger(__name__)
@@ -85,9 +85,7 @@ def server_config(app: ASGIApp, settings: HttpSettings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        http=bounded_protocol(
-            HeadLimits(settings.max_header_size, settings.max_headers, settings.header_timeout)
-        ),
+        http=bounded_protocol(settings),
         ws="none",
         lifespan="off",  # serve() opens the resources and starts the runtime
         log_config=None,  # uvicorn's records go through the service's structured logging
