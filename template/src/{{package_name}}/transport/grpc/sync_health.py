@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
-from .health import LIVENESS, NOT_SERVING, SERVING, OnOwnThreads, add_health_service
+from .health import LIVENESS, NOT_SERVING, SERVING, add_health_service
 
 
 class SyncHealth:
@@ -95,3 +95,14 @@ class _Stream:
                 return
             self._ended = response is None
             self._send(response)
+
+
+class OnOwnThreads:
+    """A handler grpcio runs on ``experimental_thread_pool`` instead of its handler threads."""
+
+    def __init__(self, behavior: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
+        self._behavior = behavior
+        self.experimental_thread_pool = pool
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._behavior(request, context)

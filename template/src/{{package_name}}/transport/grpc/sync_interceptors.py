@@ -24,9 +24,9 @@ from ...runtime.offload import cancel_scope
 from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
-from .health import OnOwnThreads
 from .interceptor import InterceptorCore, deadline_passed
 from .rpc import AccessLog, RpcRecord, is_observed
+from .sync_health import OnOwnThreads
 
 if TYPE_CHECKING:
     from .interceptor import Handler

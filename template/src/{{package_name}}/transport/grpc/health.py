@@ -18,10 +18,6 @@ whole grace period.
 
 from __future__ import annotations
 
-{% if not is_async -%}
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-{% endif -%}
 from typing import Any
 
 import grpc
@@ -42,16 +38,3 @@ def add_health_service(server: grpc.Server | grpc.aio.Server, check: Any, watch:
         "Watch": grpc.unary_stream_rpc_method_handler(watch, request, response),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, methods),))
-{%- if not is_async %}
-
-
-class OnOwnThreads:
-    """A handler grpcio runs on ``experimental_thread_pool`` instead of its handler threads."""
-
-    def __init__(self, behavior: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
-        self._behavior = behavior
-        self.experimental_thread_pool = pool
-
-    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._behavior(request, context)
-{%- endif %}
