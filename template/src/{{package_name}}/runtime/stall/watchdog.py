@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..logging import get_logger
@@ -84,25 +84,41 @@ def _thread_clock() -> int | None:
     return clock
 
 
-@dataclass(eq=False)
 class _Unit:
     """Something the watchdog watches, on the thread that creates it: the event loop, or one
-    sync RPC."""
+    sync RPC. A plain class with slots, not a dataclass: one is made for every sync RPC."""
 
-    kind: str
-    name: str
-    fields: Fields = field(default_factory=dict)
-    thread_id: int = field(default_factory=threading.get_ident)
-    clock: int | None = field(default_factory=_thread_clock)  # the thread's CPU clock
-    started: float = field(default_factory=time.monotonic)  # start of the current stretch of work
-    cpu_start: float = field(default_factory=time.thread_time)  # the thread's CPU time then
-    # From when on a lack of progress counts (the loop: when its next beat is due).
-    since: float = field(default_factory=time.monotonic)
-    generation: int = 0  # bumped on every sign of progress, so late captures are discarded
-    reported: bool = False
-    stack: Stack | None = None
-    task: Fields = field(default_factory=dict)
-    baseline: Snapshot | None = None
+    __slots__ = (
+        "baseline",
+        "clock",
+        "cpu_start",
+        "fields",
+        "generation",
+        "kind",
+        "name",
+        "reported",
+        "since",
+        "stack",
+        "started",
+        "task",
+        "thread_id",
+    )
+
+    def __init__(self, kind: str, name: str, fields: Fields | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.fields = fields if fields is not None else {}
+        self.thread_id = threading.get_ident()
+        self.clock = _thread_clock()  # the thread's CPU clock
+        self.started = time.monotonic()  # start of the current stretch of work
+        self.cpu_start = time.thread_time()  # the thread's CPU time then
+        # From when on a lack of progress counts (the loop: when its next beat is due).
+        self.since = self.started
+        self.generation = 0  # bumped on every sign of progress, so late captures are discarded
+        self.reported = False
+        self.stack: Stack | None = None
+        self.task: Fields = {}
+        self.baseline: Snapshot | None = None
 
     def ended(self, now: float, took: float, cpu: float, *, judged_from: float = 0.0) -> _Ended:
         """The stretch of work ending now, as a stall to report, judged from ``judged_from``
@@ -248,7 +264,8 @@ class StallWatchdog:
         ``name`` is the RPC method; ``fields`` go into every report, after the request id and
         trace id bound in this thread.
         """
-        return _Watched(self, _Unit(HANDLER, name, {**tasks.current_request(), **fields}))
+        request = tasks.current_request()
+        return _Watched(self, _Unit(HANDLER, name, {**request, **fields} if fields else request))
 
     def _add_handler(self, unit: _Unit) -> None:
         with self._lock:
