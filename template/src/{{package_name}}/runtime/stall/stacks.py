@@ -19,13 +19,9 @@ MAX_FRAMES = 60
 # Frames from here are rarely what to fix: the culprit is the innermost frame outside them.
 # The watchdog's own code is one of them: its gc callback runs on the thread a collection
 # paused, and may be on top of the stack when the stack is taken.
+_OWN = f"{Path(__file__).parent}/"
 _NOT_TO_BLAME = tuple(
-    {
-        sysconfig.get_paths()["stdlib"],
-        sysconfig.get_paths()["platstdlib"],
-        "<frozen ",
-        f"{Path(__file__).parent}/",
-    }
+    {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"], "<frozen ", _OWN}
 )
 _THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
 _FRAME_LINE = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+|\?\?\?) in (?P<name>.*)$')
@@ -46,6 +42,14 @@ def format_stack(frame: FrameType | None) -> list[str]:
         traceback.walk_stack(frame), limit=MAX_FRAMES, lookup_lines=False
     )
     return [f"{entry.filename}:{entry.lineno} in {entry.name}" for entry in reversed(summary)]
+
+
+def outside_the_watchdog(frame: FrameType | None) -> FrameType | None:
+    """The innermost frame of ``frame``'s stack that is not the watchdog's own: for a thread in
+    the watchdog's gc callback, the code the collection paused."""
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN):
+        frame = frame.f_back
+    return frame
 
 
 def culprit(stack: list[str]) -> str | None:

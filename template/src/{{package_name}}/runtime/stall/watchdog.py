@@ -53,7 +53,7 @@ from .probes import (
     schedstat,
     scheduling,
 )
-from .stacks import culprit, format_stack, thread_label
+from .stacks import culprit, format_stack, outside_the_watchdog, thread_label
 
 LOOP = "event_loop"
 HANDLER = "handler"
@@ -707,7 +707,7 @@ class StallWatchdog:
         if self._gc.started is not None and thread is not None:
             frames = sys._current_frames()
             try:
-                return thread, format_stack(frames.get(thread))
+                return thread, format_stack(outside_the_watchdog(frames.get(thread)))
             finally:
                 del frames
         if self._collected is None:
