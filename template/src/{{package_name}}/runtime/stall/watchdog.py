@@ -450,7 +450,7 @@ class StallWatchdog:
 
         No lock: the collection may have paused this very thread while it held the lock.
         """
-        paused = sys._getframe(2)  # above this method and GcTimer's callback
+        paused = outside_the_watchdog(sys._getframe())
         self._collected = (time.monotonic(), threading.get_ident(), format_stack(paused))
         unit = self._loop_unit
         if unit is None or unit.thread_id != threading.get_ident() or unit.task:

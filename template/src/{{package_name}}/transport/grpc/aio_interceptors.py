@@ -17,7 +17,7 @@ from grpc import StatusCode
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .interceptor import InterceptorCore, deadline_passed
-from .rpc import RpcRecord
+from .rpc import RpcRecord, is_traced
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -93,3 +93,13 @@ async def _fail(record: RpcRecord, context: Context, error: Exception) -> NoRetu
     code, details = status_for(error, record.request_id)
     record.finish(code, error)
     await context.abort(code, details)
+
+
+def tracing_interceptor() -> grpc.aio.ServerInterceptor:
+    """Server spans for application RPCs: the asyncio twin of the thread-pool server's
+    ``tracing_interceptor`` (``sync_interceptors.py``), with the same filter."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
+
+    made = aio_server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call]
+    interceptor: grpc.aio.ServerInterceptor = made
+    return interceptor

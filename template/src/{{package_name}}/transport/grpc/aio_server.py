@@ -28,12 +28,11 @@ from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
 from .admission import Admission
 from .aio_health import AioHealth
-from .aio_interceptors import RequestInterceptor
+from .aio_interceptors import RequestInterceptor, tracing_interceptor
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .rpc import AccessLog
 from .settings import GrpcSettings
-from .tracing import aio_tracing_interceptor
 
 log = get_logger(__name__)
 
@@ -52,7 +51,7 @@ async def serve(settings: GrpcSettings) -> int:
     exporting = tracing.will_export()  # spans only if someone receives them
     server = grpc.aio.server(
         interceptors=[
-            *([aio_tracing_interceptor()] if exporting else []),
+            *([tracing_interceptor()] if exporting else []),
             RequestInterceptor(
                 Admission(settings.max_concurrent_rpcs),
                 continue_traces=not exporting,

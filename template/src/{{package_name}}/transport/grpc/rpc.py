@@ -33,6 +33,12 @@ def is_observed(method: str) -> bool:
     return not method.startswith(UNOBSERVED_SERVICES)
 
 
+def is_traced(details: grpc.HandlerCallDetails) -> bool:
+    """Whether RPCs like ``details`` get a server span: the observed ones (not health checks or
+    reflection, polled every few seconds)."""
+    return is_observed(details.method)
+
+
 def _read(
     metadata: Iterable[tuple[str, str | bytes]] | None, trace_keys: frozenset[str]
 ) -> tuple[str | None, dict[str, str]]:

@@ -35,8 +35,7 @@ from .reflection import enable_reflection
 from .rpc import AccessLog
 from .settings import GrpcSettings
 from .sync_health import SyncHealth
-from .sync_interceptors import RequestInterceptor
-from .tracing import sync_tracing_interceptor
+from .sync_interceptors import RequestInterceptor, tracing_interceptor
 
 T = TypeVar("T")
 
@@ -60,7 +59,7 @@ def serve(settings: GrpcSettings) -> int:
     server = grpc.server(
         handlers,
         interceptors=[
-            *([sync_tracing_interceptor()] if exporting else []),
+            *([tracing_interceptor()] if exporting else []),
             RequestInterceptor(
                 admission,
                 runtime.watchdog,
