@@ -66,6 +66,22 @@ def stall_and_exit(scenario: Callable[..., Scenario], where: str, tmp_path: Path
     assert process.wait_exit() == 0
 
 
+def test_a_stall_is_reported_in_the_console_log_format_too(
+    scenario: Callable[..., Scenario], tmp_path: Path
+) -> None:
+    # The console renderer takes a "stack" field for text; a report's is a list of frames.
+    # Had the watchdog failed on it, no stall would be reported from then on.
+    blocker = Blocker(tmp_path)
+    process = scenario("handler", "cpu", blocker.argument, log_format="console")
+    process.stdout.wait_for("stall_detected", timeout=15)
+    blocker.release()
+    process.stdout.wait_for("handler_stalled", timeout=15)
+    assert process.wait_exit() == 0
+    frames = [line.strip() for line in process.output().splitlines()]
+    assert any(frame.endswith("in block_on_cpu") for frame in frames), process.output()
+    assert "stall_watchdog_error" not in process.output()
+
+
 def test_a_stall_is_a_span_in_the_trace_of_the_request_that_blocked(
     scenario: Callable[..., Scenario], exporting_to: Receiver, tmp_path: Path
 ) -> None:

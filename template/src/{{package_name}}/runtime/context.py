@@ -114,7 +114,9 @@ def bind(
     trace context from its headers (:func:`continue_trace`). A transport binds each request so.
 
     The trace context that is current then (the caller's, or the server span of the
-    transport's instrumentation) is remembered as the request's ``traceparent``.
+    transport's instrumentation) is remembered as the request's ``traceparent``. A transport
+    that continues traces itself passes the caller's trace headers even when there are none
+    (``{}``): then no span can be current, and OpenTelemetry is not asked.
     """
     deadline = None if budget is None else _deadline_in(budget)
     return _RequestScope(request_id, deadline, caller_trace)
@@ -135,11 +137,13 @@ class _RequestScope:
         self._tokens: tuple[Token[str | None], Token[str | None], Token[float | None] | None]
 
     def __enter__(self) -> None:
-        if self.caller_trace:
-            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
-        # Without a span there is nothing to propagate: the propagators are not asked.
-        span = trace.get_current_span().get_span_context()
-        traceparent = trace_headers().get("traceparent") if span.is_valid else None
+        traceparent = None
+        if self.caller_trace is None or self.caller_trace:
+            if self.caller_trace:
+                self._attached = otel_context.attach(propagate.extract(self.caller_trace))
+            # Without a span there is nothing to propagate: the propagators are not asked.
+            span = trace.get_current_span().get_span_context()
+            traceparent = trace_headers().get("traceparent") if span.is_valid else None
         self._tokens = (
             _request_id.set(self.request_id),
             _traceparent.set(traceparent),

@@ -50,6 +50,15 @@ def _standard_fields(static: Mapping[str, object]) -> Processor:
     return add
 
 
+def _stack_as_text(logger: Any, method: str, event: EventDict) -> EventDict:
+    """A stall report's ``stack`` (a list of frames, outermost first) as the text block the
+    console renderer expects under that key: it would fail on a list, in the stall watchdog."""
+    stack = event.get("stack")
+    if isinstance(stack, list):
+        event["stack"] = "\n".join(str(frame) for frame in stack)
+    return event
+
+
 def _add_standard(
     event: EventDict, level: str, name: str, static_items: tuple[tuple[str, object], ...]
 ) -> EventDict:
@@ -96,7 +105,7 @@ def configure_logging(
     output = stream if stream is not None else sys.stdout
     renderer: list[Processor]
     if fmt == "console":
-        renderer = [structlog.dev.ConsoleRenderer(colors=output.isatty())]
+        renderer = [_stack_as_text, structlog.dev.ConsoleRenderer(colors=output.isatty())]
     else:
         renderer = [
             structlog.processors.StackInfoRenderer(),

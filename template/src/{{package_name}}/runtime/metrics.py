@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .context import current_traceparent
+
 # Loop lag is small when healthy and seconds when something blocks: cover both ends.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -144,6 +146,17 @@ def trace_exemplar() -> dict[str, str] | None:
         "trace_id": trace.format_trace_id(span.trace_id),
         "span_id": trace.format_span_id(span.span_id),
     }
+
+
+def request_exemplar() -> dict[str, str] | None:
+    """:func:`trace_exemplar` for the request being handled: its span's ids, read from the
+    ``traceparent`` bound with the request (``runtime.context.bind``) in one context lookup,
+    where OpenTelemetry takes several. The transports use it for every request they measure.
+    """
+    traceparent = current_traceparent()  # "00-<trace id>-<span id>-<flags>", as injected
+    if traceparent is None or not int(traceparent[-2:], 16) & trace.TraceFlags.SAMPLED:
+        return None
+    return {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
 
 
 def start_metrics_server(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:

@@ -30,6 +30,7 @@ import dataclasses
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -398,9 +399,25 @@ class StallWatchdog:
         self._last_tick, self._last_process_cpu = time.monotonic(), time.process_time()
         self._own.read()
         try:
-            self._watch()
+            while not self._watched_to_the_end():
+                pass
         finally:
             own_stat.close()
+
+    def _watched_to_the_end(self) -> bool:
+        """Watch until stopped (``True``); ``False`` after an error, logged. A report that
+        failed (a log processor that raised, say) must not end the watching: the next stall
+        would go unreported, and a hung service would look healthy.
+        """
+        try:
+            self._watch()
+        except Exception:
+            try:
+                log.exception("stall_watchdog_error")
+            except Exception:  # the logging itself is what fails: stderr, as Python would
+                traceback.print_exc()
+            return False
+        return True
 
     def _watch(self) -> None:
         while True:

@@ -16,7 +16,7 @@ import threading
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
+from ...runtime.metrics import REQUEST_BUCKETS, request_exemplar
 
 SYSTEM = "grpc"
 
@@ -76,7 +76,7 @@ class MethodMetrics:
                 error_type=code.name if code in SERVER_ERRORS else "",
             )
             self._durations[code] = child
-        child.observe(seconds, trace_exemplar())
+        child.observe(seconds, request_exemplar())
 
 
 _methods: dict[str, MethodMetrics] = {}

@@ -117,7 +117,9 @@ class RpcRecord:
         self.request_id = accept_request_id(request_id)
         remaining = context.time_remaining()
         self.time_remaining = None if remaining is None or remaining > NO_DEADLINE else remaining
-        self._bound = bind(self.request_id, budget=self.time_remaining, caller_trace=self.trace)
+        # No trace keys: OpenTelemetry's interceptor continues the caller's trace (None).
+        caller_trace = self.trace if trace_keys else None
+        self._bound = bind(self.request_id, budget=self.time_remaining, caller_trace=caller_trace)
 
     @property
     def response_metadata(self) -> tuple[tuple[str, str]]:

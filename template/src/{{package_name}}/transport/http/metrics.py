@@ -13,7 +13,7 @@ import os
 
 from prometheus_client import Counter, Histogram
 
-from ...runtime.metrics import REQUEST_BUCKETS, trace_exemplar
+from ...runtime.metrics import REQUEST_BUCKETS, request_exemplar
 
 REQUEST_DURATION = Histogram(
     "http_server_request_duration_seconds",
@@ -69,4 +69,4 @@ class RequestDurations:
                 error_type=str(status) if status >= 500 else "",
             )
             self._children[key] = child
-        child.observe(seconds, trace_exemplar())
+        child.observe(seconds, request_exemplar())

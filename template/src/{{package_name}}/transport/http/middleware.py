@@ -73,6 +73,7 @@ class RequestRecordMiddleware:
         self.app = app
         self.budget = budget
         self.close_connections = close_connections or (lambda: False)
+        self.continue_traces = continue_traces
         names = trace_header_names() if continue_traces else ()
         self.trace_headers = frozenset(name.encode() for name in names)
         self.slow = slow
@@ -105,7 +106,9 @@ class RequestRecordMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with bind(request_id, budget=self.budget, caller_trace=trace):
+        # Without continue_traces, OpenTelemetry's middleware continues the caller's trace.
+        caller_trace = trace if self.continue_traces else None
+        with bind(request_id, budget=self.budget, caller_trace=caller_trace):
             started = time.perf_counter()
             try:
                 await self.app(scope, receive, send_with_record)
