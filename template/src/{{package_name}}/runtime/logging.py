@@ -14,6 +14,7 @@ request, and this is what keeps that cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import orjson
 import structlog
 import structlog.tracebacks
 from opentelemetry import trace
+from prometheus_client import Counter
 from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 from .context import current_request_id
@@ -262,6 +264,11 @@ class LineBuffer:
 
     It is the stream of the standard library's handler too: its ``flush`` after every record
     keeps those records in order with the service's own lines.
+
+    A write that fails (a closed or broken stdout) loses its batch and nothing else: like the
+    standard library's handlers, the buffer never raises into the code that logged (a request,
+    the stall watchdog), and its thread goes on flushing. ``log_lines_lost_total`` counts the
+    lines lost; stderr gets a line when writing starts to fail and when it works again.
     """
 
     def __init__(self) -> None:
@@ -271,6 +278,7 @@ class LineBuffer:
         self._writing = threading.Lock()
         self._waiting = threading.Event()  # set while lines wait to be written
         self._flusher: threading.Thread | None = None
+        self._lost = 0  # lines lost since writing last worked
         os.register_at_fork(before=self.flush, after_in_child=self._after_fork)
 
     def use(self, stream: TextIO) -> LineBuffer:
@@ -311,8 +319,21 @@ class LineBuffer:
                 lines, self._lines = self._lines, []
                 self._waiting.clear()
             if lines:
-                self.stream.write("".join(lines))
-                self.stream.flush()
+                self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+        except (OSError, ValueError) as error:  # ValueError: the stream was closed
+            LOG_LINES_LOST.inc(len(lines))
+            if not self._lost:
+                _tell_stderr(f"log lines lost: writing them failed ({error!r})")
+            self._lost += len(lines)
+            return
+        if self._lost:
+            _tell_stderr(f"log lines written again, after {self._lost} lost")
+            self._lost = 0
 
     def unwritten(self) -> str:
         """The lines kept but not yet written, read without the lock: for a signal handler
@@ -326,6 +347,17 @@ class LineBuffer:
             self._waiting.wait()
             time.sleep(FLUSH_INTERVAL)
             self.flush()
+
+
+LOG_LINES_LOST = Counter(
+    "log_lines_lost", "Log lines the service could not write (its output failed or was closed)."
+)
+
+
+def _tell_stderr(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr may have gone the same way
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
 
 # At exit, the standard library's logging flushes its handler, whose stream this is.
