@@ -18,11 +18,6 @@ class Cause(StrEnum):
     GC = "gc"  # a garbage-collection pause
     UNKNOWN = "unknown"  # no per-thread CPU clocks on this platform
 
-    @property
-    def blames_code(self) -> bool:
-        """Whether a line of this process's code is to blame (a paused process is not)."""
-        return self is not Cause.PAUSED
-
 
 @dataclass(frozen=True)
 class Evidence:

@@ -24,17 +24,12 @@ _THROTTLE_FILES = (
     (Path("/sys/fs/cgroup/cpu/cpu.stat"), "throttled_time", 1e-9),
     (Path("/sys/fs/cgroup/cpu,cpuacct/cpu.stat"), "throttled_time", 1e-9),
 )
-_PROC_STAT = Path("/proc/stat")
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_clock(ident: int) -> int | None:
-    """The CPU-time clock of thread ``ident``, readable from any thread while it lives.
-
-    ``ident`` must be a running thread (the caller's own, or one listed by
-    ``threading.enumerate()``). The clock id names the kernel thread, not a pointer: reading it
-    after the thread has ended fails cleanly (``OSError``) instead of crashing.
-    """
+    """The CPU-time clock of the running thread ``ident``, readable from any thread. It names
+    the kernel thread, not a pointer: once the thread has ended, reading it fails cleanly."""
     try:
         return time.pthread_getcpuclockid(ident)
     except (AttributeError, OSError):  # not on this platform
@@ -91,10 +86,9 @@ class Scheduling:
 def scheduling(stat: KernelFile) -> Scheduling | None:
     """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux).
 
-    A thread that wants to run but gets no CPU, because other processes or threads have them,
-    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
-    A thread waiting for the GIL wakes up every switch interval (5 ms) to ask for it, using
-    next to no CPU; one blocked in a system call does not wake up at all.
+    A thread that wants a CPU but gets none is busy, not blocked: its CPU clock alone would
+    make it look idle on a crowded machine. A thread waiting for the GIL wakes up every switch
+    interval (5 ms) to ask for it; one blocked in a system call does not wake up at all.
     """
     try:
         fields = (stat.read() or b"").split()
@@ -119,9 +113,7 @@ class GcTimer:
     that collected, still inside the code the collection paused.
     """
 
-    def __init__(
-        self, long_after: float = float("inf"), on_long: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, long_after: float, on_long: Callable[[], None]) -> None:
         self.total = 0.0
         self.started: float | None = None
         self.generation: int | None = None  # of the last collection longer than a millisecond
@@ -147,7 +139,7 @@ class GcTimer:
             self.started = None
             if took > 0.001:
                 self.generation = info.get("generation")
-            if took >= self.long_after and self.on_long is not None:
+            if took >= self.long_after:
                 self.on_long()
 
     def reading(self, now: float) -> float:
@@ -182,7 +174,7 @@ class Probes:
     def __init__(self, gc_timer: GcTimer) -> None:
         self.gc_timer = gc_timer
         self._throttle = _throttle_counter()
-        self._proc_stat = KernelFile(_PROC_STAT)
+        self._proc_stat = KernelFile("/proc/stat")
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
         self._stats: dict[int, KernelFile] = {}  # thread ident -> its schedstat
@@ -215,16 +207,13 @@ class Probes:
         now = time.monotonic()
         if full or not self._clocks:
             self._watch_threads()
-        threads = {}
-        for ident, clock in self._clocks.items():
-            cpu = read_clock(clock)
-            if cpu is not None:
-                threads[ident] = cpu
+        readings = {ident: read_clock(clock) for ident, clock in self._clocks.items()}
+        threads = {ident: cpu for ident, cpu in readings.items() if cpu is not None}
         light = Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
         if not full:
             return light
-        readings = {ident: scheduling(stat) for ident, stat in self._stats.items()}
-        known = {ident: reading for ident, reading in readings.items() if reading is not None}
+        counts = {ident: scheduling(stat) for ident, stat in self._stats.items()}
+        known = {ident: reading for ident, reading in counts.items() if reading is not None}
         return dataclasses.replace(
             light,
             full=True,

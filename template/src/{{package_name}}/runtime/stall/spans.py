@@ -1,13 +1,9 @@
 """Stalls in the trace: each reported stall is a span of its own.
 
-A stall of a request (the loop was running its task, or the sync handler was its RPC) becomes a
-child of that request's span, in its trace; a stall with no request running starts a trace of its
-own. The span is made once the stall is over, with the stall's start and end as its times: the
-request's span may have ended by then, and an event added to an ended span would be dropped.
-
-The span is not an error: the request may well have succeeded, only late. Its attributes say what
-the log event says (kind, class, culprit, the stack). Without an exporter the tracer is
-OpenTelemetry's no-op one and this costs nothing.
+A stall of a request becomes a child of that request's span; a stall with no request running
+starts a trace of its own. The span is made once the stall is over, with its start and end as
+its times: the request's span may have ended by then, and an event added to it would be dropped.
+The span is not an error: the request may well have succeeded, only late.
 """
 
 from __future__ import annotations

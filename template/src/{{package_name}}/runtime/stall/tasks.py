@@ -22,8 +22,6 @@ _contexts: weakref.WeakKeyDictionary[asyncio.Future[Any], contextvars.Context] =
 )
 _TASKS_KNOW_THEIR_CONTEXT = hasattr(asyncio.Task, "get_context")
 
-TaskCoroutine = Coroutine[Any, Any, Any] | Generator[Any, None, Any]
-
 
 def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
     """On Python 3.11, make ``loop`` remember each new task's context (keeps any factory)."""
@@ -33,7 +31,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
 
     def remembering(
         loop: asyncio.AbstractEventLoop,
-        coro: TaskCoroutine,
+        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
         context: contextvars.Context | None = None,
     ) -> asyncio.Future[Any]:
         task_context = context if context is not None else contextvars.copy_context()
@@ -51,11 +49,9 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
 
 def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     """The task ``loop`` is running now, with its request id and trace id (what is known)."""
-    if loop is None:
-        return {}
     try:
         task = asyncio.current_task(loop)
-    except RuntimeError:
+    except RuntimeError:  # no loop (the watchdog thread runs none of its own)
         return {}
     if task is None:
         return {}
@@ -63,22 +59,19 @@ def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     get_context = getattr(task, "get_context", None)  # Python 3.12 and later
     values = get_context() if get_context is not None else _contexts.get(task)
     if values is not None:
-        found.update(_request(context.snapshot_of(values)))
+        found.update(_request(**context.snapshot_of(values)))
     return found
 
 
 def current_request() -> dict[str, object]:
     """The request id and trace id bound in the calling thread (a sync handler's)."""
-    return _request(
-        {"request_id": context.current_request_id(), "traceparent": context.current_traceparent()}
-    )
+    return _request(context.current_request_id(), context.current_traceparent())
 
 
-def _request(snapshot: dict[str, str | None]) -> dict[str, object]:
+def _request(request_id: str | None, traceparent: str | None) -> dict[str, object]:
     found: dict[str, object] = {}
-    if snapshot["request_id"] is not None:
-        found["request_id"] = snapshot["request_id"]
-    traceparent = snapshot["traceparent"]
+    if request_id is not None:
+        found["request_id"] = request_id
     if traceparent is not None:
         found["traceparent"] = traceparent
         found["trace_id"] = traceparent.split("-")[1]

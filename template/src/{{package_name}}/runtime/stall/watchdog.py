@@ -1,32 +1,24 @@
 """The stall watchdog: one daemon thread that watches the event loop and sync handlers.
 
-* A heartbeat on the event loop (``loop.call_later`` every ``lag_interval``) records how late
-  each wake-up was (the ``eventloop_lag_*`` metrics) and stamps when the loop was last alive,
-  with the loop thread's CPU time at that moment. A loop that was idle since the last beat
-  beats next after ``rest_interval`` (the watchdog's tick): waking an idle process is what
-  costs, and there is nothing to be late for.
-* Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`).
-* The watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a
-  unit that is stuck as ``stall_detected`` while it is still stuck, with its stack. When the
-  unit moves again, one ``event_loop_stalled`` / ``handler_stalled`` event carries the
-  duration, the class (:mod:`.causes`), the culprit and the request. A process that was
-  paused is reported as ``process_paused`` instead, without blaming any code.
+A heartbeat on the loop (every ``lag_interval``; every ``rest_interval`` after an idle
+stretch: waking an idle process is what costs) records its lag and stamps when the loop was
+last alive. Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`). The
+watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a unit
+stuck for longer than the threshold as ``stall_detected`` while it is, with its stack; once it
+moves again, one ``event_loop_stalled`` / ``handler_stalled`` event carries the duration, the
+class (:mod:`.causes`), the culprit and the request, or ``process_paused`` blames no code.
 
 A handler is judged by its thread's CPU time: one that waits (for a database, a socket, the
-offload pool) is not stalled, however long it takes; it is logged as ``handler_slow`` at info
-level. The event loop is judged by wall time: nothing else may run while it waits.
-
-A Python thread cannot run while C code holds the GIL, the watchdog included, so the watchdog
-keeps faulthandler armed (:mod:`.dumpfile`): if it is starved for ``threshold + 2 * tick``,
-faulthandler writes every thread's stack to the dump file, and the stall report made
-afterwards carries the stack read back from it.
+offload pool) is not stalled, only ``handler_slow``. The loop is judged by wall time: nothing
+else may run while it waits. C code holding the GIL keeps the watchdog out too, so
+faulthandler stays armed (:mod:`.dumpfile`) to write the stacks the report reads back.
+docs/runtime/stall-detection.md has the details.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import sys
 import threading
 import time
@@ -104,10 +96,10 @@ class _Unit:
         "thread_id",
     )
 
-    def __init__(self, kind: str, name: str, fields: Fields | None = None) -> None:
+    def __init__(self, kind: str, name: str, fields: Fields) -> None:
         self.kind = kind
         self.name = name
-        self.fields = fields if fields is not None else {}
+        self.fields = fields
         self.thread_id = threading.get_ident()
         self.clock = _thread_clock()  # the thread's CPU clock
         self.started = time.monotonic()  # start of the current stretch of work
@@ -135,7 +127,7 @@ class _Unit:
         self.reported, self.stack, self.baseline = False, None, None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Ended:
     """One stall that is over, waiting to be classified and reported by the watchdog thread."""
 
@@ -293,8 +285,9 @@ class StallWatchdog:
             return
         # The thread may be gone by the time the watchdog looks: read its counts now.
         stat = schedstat(threading.get_native_id())
-        self._hand_over(dataclasses.replace(ended, scheduling=scheduling(stat), slow=slow))
+        ended.scheduling, ended.slow = scheduling(stat), slow
         stat.close()
+        self._hand_over(ended)
 
     def _gil_held_during(self, start: float, end: float) -> bool:
         """Whether another thread may have held the GIL for a threshold between ``start`` and
@@ -339,7 +332,7 @@ class StallWatchdog:
 
     def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
         tasks.install_task_factory(loop)
-        unit = _Unit(LOOP, LOOP)
+        unit = _Unit(LOOP, LOOP, {})
         unit.since = unit.started + self.lag_interval
         with self._lock:
             self._loop_unit = unit
@@ -442,13 +435,10 @@ class StallWatchdog:
 
     def _note_collection(self) -> None:
         """After a long collection, on the thread that ran it, still inside the code it paused:
-        remember that code's stack (what allocated, or called ``gc.collect()``). A stack taken
-        any later shows where the thread went next, even faulthandler's: its timer may run
-        out just after the collection. If the thread is the loop, remember the task too: the
-        watchdog, kept from the GIL meanwhile, may get it back only after the task's step (and
-        the loop's next beat) has run.
-
-        No lock: the collection may have paused this very thread while it held the lock.
+        remember that code's stack (any later stack, even faulthandler's, shows where the
+        thread went next), and if the thread is the loop, its task (the watchdog may get the
+        GIL back only after the task's step has run). No lock: the collection may have paused
+        this very thread while it held the lock.
         """
         paused = outside_the_watchdog(sys._getframe())
         self._collected = (time.monotonic(), threading.get_ident(), format_stack(paused))
@@ -459,12 +449,9 @@ class StallWatchdog:
 
     def _observe(self, slept: float) -> None:
         """Read the clocks; note a gap in which the watchdog itself could not run (beyond the
-        ``slept`` seconds it meant to sleep since the last reading).
-
-        Every tick reads this thread's lateness, its scheduler counts and the process's CPU
-        time. The other threads' clocks are read only when something may need them later (as
-        the baseline of a stall): while the process is busy, a unit is watched, or the tick
-        came late. An idle service's ticks then cost a few system calls each.
+        ``slept`` seconds it meant to sleep since the last reading). The other threads' clocks
+        are read only when they may be a stall's baseline later (the process is busy, a unit is
+        watched, or the tick came late): an idle service's ticks cost a few system calls each.
         """
         previous_tick, now = self._last_tick, time.monotonic()
         if self._dump is not None:
@@ -489,9 +476,8 @@ class StallWatchdog:
             self._gaps.append(_Gap(now, late, paused))
             if paused > self.threshold:
                 self._report_watchdog_pause((previous_tick, now), used, paused)
-        if self._dump is not None:
             # faulthandler writes only after the watchdog missed ticks: a late tick.
-            stacks = self._dump.take(now) if late > _NOTICEABLE_GAP else None
+            stacks = self._dump.take(now) if self._dump is not None else None
             if stacks is not None:
                 # Up to when it was read: a stall that began during the read (the GIL is let
                 # go for it) is dumped in it too, and the last dump read is the one kept.
@@ -507,13 +493,10 @@ class StallWatchdog:
     def _report_watchdog_pause(self, window: Window, used: float, paused: float) -> None:
         start, end = window
         self._pause_reported_until = end
-        STALLS.labels(kind=PROCESS, cause=Cause.PAUSED.value).inc()
-        STALL_DURATION.labels(kind=PROCESS, cause=Cause.PAUSED.value).observe(paused)
-        log.warning(
-            "process_paused",
-            kind=PROCESS,
-            cause=Cause.PAUSED.value,
-            duration=round(end - start, 3),
+        self._log_pause(
+            PROCESS,
+            end - start,
+            paused,
             paused=round(paused, 3),
             process_cpu=round(used, 3),
             **_withheld(self._snapshot_before(start, full=True), self._history[-1]),
@@ -566,7 +549,7 @@ class StallWatchdog:
     ) -> None:
         window = (self._judged_from(unit), now)
         cause, extra = self._diagnose(unit, window, cpu, unit.baseline)
-        if not cause.blames_code:
+        if cause is Cause.PAUSED:
             return  # looked at again next tick; a pause is reported as such once it is over
         stack = self._stack_for(unit, cause, sampled, window, extra)
         with self._lock:
@@ -670,14 +653,15 @@ class StallWatchdog:
     def _stack_for(
         self, unit: _Unit, cause: Cause, sampled: Stack | None, window: Window, extra: Fields
     ) -> Stack | None:
-        """The stack to report: for a collection, the one it paused on this thread; else
-        faulthandler's, taken during the stall, when the GIL was held (a stack sampled
-        afterwards would show where the thread went next); else ``sampled``. Adds the stack
-        and culprit of the thread to blame to ``extra`` when it is another one: the GIL holder
-        for a :attr:`Cause.GIL_WAIT`, the thread that collected for a :attr:`Cause.GC`.
+        """The stack to report: the one a collection paused on this thread; else, if the GIL
+        was held, faulthandler's from during the stall (one sampled afterwards would show where
+        the thread went next); else ``sampled``. Adds the stack and culprit of another thread
+        to blame (the GIL holder, the collecting thread) to ``extra``.
         """
-        dumped = self._dump_during(*window)
-        collected = self._collection_during(*window) if cause is Cause.GC else None
+        start, end = window
+        dumps = [stacks for begun, done, stacks in self._dumps if begun < end and done > start]
+        dumped = dumps[-1] if dumps else None
+        collected = self._collection_during(start, end) if cause is Cause.GC else None
         stack = sampled
         extra["stack_source"] = "sampled" if sampled is not None else None
         if collected is not None and collected[0] == unit.thread_id:
@@ -715,12 +699,6 @@ class StallWatchdog:
         at, thread, stack = self._collected
         return (thread, stack) if start <= at <= end else None
 
-    def _dump_during(self, start: float, end: float) -> dict[str, list[str]] | None:
-        for dumped_from, dumped_to, stacks in reversed(self._dumps):
-            if dumped_from < end and dumped_to > start:
-                return stacks
-        return None
-
     def _report(self, ended: _Ended) -> None:
         """Classify one stall that is over and log it (or the pause it really was)."""
         unit = ended.unit
@@ -730,8 +708,11 @@ class StallWatchdog:
         if ended.slow and cause is not Cause.GIL_WAIT:
             self._log_slow(ended)
             return
-        if not cause.blames_code:
-            self._report_unit_pause(ended, extra)
+        if cause is Cause.PAUSED:
+            # Unless the watchdog saw the same pause itself and has reported it.
+            if ended.ended > self._pause_reported_until + self.tick:
+                hint = "the process was paused or throttled; no code of this service is to blame"
+                self._log_pause(unit.kind, ended.duration, ended.duration, **extra, hint=hint)
             return
         stack = self._stack_for(
             unit, cause, ended.stack, (ended.started, self._history[-1].at), extra
@@ -771,19 +752,16 @@ class StallWatchdog:
             stack=stack or [],
         )
 
-    def _report_unit_pause(self, ended: _Ended, extra: Fields) -> None:
-        if ended.ended <= self._pause_reported_until + self.tick:
-            return  # the watchdog saw the same pause itself and has reported it
-        unit = ended.unit
-        STALLS.labels(kind=unit.kind, cause=Cause.PAUSED.value).inc()
-        STALL_DURATION.labels(kind=unit.kind, cause=Cause.PAUSED.value).observe(ended.duration)
+    def _log_pause(self, kind: str, duration: float, counted: float, **fields: object) -> None:
+        """Count a pause of ``counted`` seconds and log it as ``process_paused``."""
+        STALLS.labels(kind=kind, cause=Cause.PAUSED.value).inc()
+        STALL_DURATION.labels(kind=kind, cause=Cause.PAUSED.value).observe(counted)
         log.warning(
             "process_paused",
-            kind=unit.kind,
+            kind=kind,
             cause=Cause.PAUSED.value,
-            duration=round(ended.duration, 3),
-            **extra,
-            hint="the process was paused or throttled; no code of this service is to blame",
+            duration=round(duration, 3),
+            **fields,
         )
 
 
