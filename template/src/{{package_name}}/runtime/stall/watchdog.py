@@ -174,8 +174,6 @@ class StallWatchdog:
         # near 0.1 % of a core, and a stall is still reported within threshold + tick.
         self.tick = max(threshold / 2, 0.25)
         self.rest_interval = max(lag_interval, self.tick)  # the heartbeat of an idle loop
-        self.dump_after = round(threshold + 2 * self.tick, 3)
-        self.rearm_period = max(2 * self.tick, 0.5)
         self._use_faulthandler = use_faulthandler
         self._dump_path = dump_path
         self._dump: DumpFile | None = None
@@ -212,8 +210,9 @@ class StallWatchdog:
             return
         if self._use_faulthandler:
             path = self._dump_path or default_dump_path()
+            after = round(self.threshold + 2 * self.tick, 3)  # then re-armed every 2 ticks
             try:
-                self._dump = DumpFile(path, self.dump_after, self.rearm_period)
+                self._dump = DumpFile(path, after, max(2 * self.tick, 0.5))
             except OSError as error:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
@@ -251,10 +250,8 @@ class StallWatchdog:
         target.call_soon_threadsafe(self._first_beat, target)
 
     def watch_handler(self, name: str, **fields: object) -> AbstractContextManager[None]:
-        """Watch the current thread while the block runs (one synchronous RPC).
-
-        ``name`` is the RPC method; ``fields`` go into every report, after the request id and
-        trace id bound in this thread.
+        """Watch the current thread while the block runs (one synchronous RPC, ``name``);
+        ``fields`` go into every report, after the request id and trace id bound in this thread.
         """
         request = tasks.current_request()
         return _Watched(self, _Unit(HANDLER, name, {**request, **fields} if fields else request))
@@ -724,45 +721,28 @@ class StallWatchdog:
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
         event = "event_loop_stalled" if unit.kind == LOOP else "handler_stalled"
-        blamed = extra.pop("culprit_elsewhere", None) or culprit(stack or [])
-        log.warning(
-            event,
-            kind=unit.kind,
-            name=unit.name,
-            cause=cause.value,
-            thread=thread_label(unit.thread_id),
-            duration=round(ended.duration, 3),
-            threshold=self.threshold,
-            stack_captured=stack is not None,
-            culprit=blamed,
-            stack=stack or [],
+        report: Fields = {
+            "kind": unit.kind,
+            "name": unit.name,
+            "cause": cause.value,
+            "thread": thread_label(unit.thread_id),
+            "duration": round(ended.duration, 3),
+            "threshold": self.threshold,
+            "stack_captured": stack is not None,
+            "culprit": extra.pop("culprit_elsewhere", None) or culprit(stack or []),
+            "stack": stack or [],
             **extra,
             **request,
-        )
-        traceparent = request.get("traceparent")
-        spans.record_stall(
-            event,
-            started=ended.ended - ended.duration,
-            ended=ended.ended,
-            traceparent=traceparent if isinstance(traceparent, str) else None,
-            kind=unit.kind,
-            name=unit.name,
-            cause=cause.value,
-            culprit=str(blamed) if blamed else None,
-            stack=stack or [],
-        )
+        }
+        log.warning(event, **report)
+        spans.record_stall(event, ended.ended - ended.duration, ended.ended, report)
 
     def _log_pause(self, kind: str, duration: float, counted: float, **fields: object) -> None:
         """Count a pause of ``counted`` seconds and log it as ``process_paused``."""
-        STALLS.labels(kind=kind, cause=Cause.PAUSED.value).inc()
-        STALL_DURATION.labels(kind=kind, cause=Cause.PAUSED.value).observe(counted)
-        log.warning(
-            "process_paused",
-            kind=kind,
-            cause=Cause.PAUSED.value,
-            duration=round(duration, 3),
-            **fields,
-        )
+        cause = Cause.PAUSED.value
+        STALLS.labels(kind=kind, cause=cause).inc()
+        STALL_DURATION.labels(kind=kind, cause=cause).observe(counted)
+        log.warning("process_paused", kind=kind, cause=cause, duration=round(duration, 3), **fields)
 
 
 class _Watched:
