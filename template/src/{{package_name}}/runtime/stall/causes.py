@@ -1,7 +1,5 @@
-"""What a stall was: the classes an on-call engineer acts on differently.
-
-See docs/runtime/stall-detection.md for the runbook of each class.
-"""
+"""What a stall was: the classes an on-call engineer acts on differently (each has a runbook
+in docs/runtime/stall-detection.md)."""
 
 from __future__ import annotations
 
@@ -38,11 +36,8 @@ class Evidence:
 
 
 def classify(evidence: Evidence) -> Cause:
-    """The class of a stall, from where its time went.
-
-    "Most of" means at least half: of the wall time, or, for the running-or-waiting question,
-    of the time the process was allowed to run at all.
-    """
+    """The class of a stall, from where its time went. "Most of" means at least half: of the
+    wall time, or, for running or waiting, of the time the process was allowed to run at all."""
     wall = evidence.wall
     cpu = evidence.thread_cpu
     if evidence.paused >= wall / 2 and (cpu is None or cpu < evidence.threshold):

@@ -27,12 +27,9 @@ def default_dump_path() -> Path:
 
 
 class DumpFile:
-    """faulthandler's timer, pointed at ``path``, kept armed by the watchdog.
-
-    Arming starts a C thread, which costs about a tenth of a millisecond: the watchdog re-arms
-    every ``period`` seconds, not on every tick, with a timeout of ``after + period``. A thread
-    holding the GIL is therefore dumped between ``after`` and ``after + period`` seconds in.
-    """
+    """faulthandler's timer, pointed at ``path``, kept armed by the watchdog. Arming starts a
+    C thread (a tenth of a millisecond): the watchdog re-arms every ``period`` seconds, not every
+    tick, so a thread holding the GIL is dumped between ``after`` and ``after + period`` in."""
 
     def __init__(self, path: Path, after: float, period: float) -> None:
         self.path = path

@@ -1,10 +1,9 @@
 """Where the time went: CPU clocks of threads and of the process, CPU the kernel withheld, GC.
 
-A stall looks the same from the outside whatever caused it: a timer ran late. These readings
-tell the causes apart. A thread's CPU clock only advances while that thread runs, so a loop
-thread that used almost no CPU during a stall was waiting (in a system call, or for the GIL),
-and one that used all of it was running. CPU the cgroup throttled or the hypervisor stole, and
-time in which no thread of the process ran at all, mean the process was paused.
+Every stall looks the same from outside (a timer ran late); these readings tell the causes
+apart. A thread that used almost no CPU during a stall was waiting (in a system call, or for
+the GIL); one that used all of it was running. CPU the cgroup throttled or the hypervisor
+stole, and time in which no thread of the process ran at all, mean the process was paused.
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # cgroup v2, then v1 (whose counter is in nanoseconds).
 _THROTTLE_FILES = (
-    (Path("/sys/fs/cgroup/cpu.stat"), "throttled_usec", 1e-6),
-    (Path("/sys/fs/cgroup/cpu/cpu.stat"), "throttled_time", 1e-9),
-    (Path("/sys/fs/cgroup/cpu,cpuacct/cpu.stat"), "throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu.stat", "throttled_usec", 1e-6),
+    ("/sys/fs/cgroup/cpu/cpu.stat", "throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", "throttled_time", 1e-9),
 )
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -49,7 +47,7 @@ def read_clock(clock: int | None) -> float | None:
 class KernelFile:
     """A kernel file kept open, so that each reading is a single ``pread``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str) -> None:
         try:
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -84,12 +82,10 @@ class Scheduling:
 
 
 def scheduling(stat: KernelFile) -> Scheduling | None:
-    """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux).
-
-    A thread that wants a CPU but gets none is busy, not blocked: its CPU clock alone would
-    make it look idle on a crowded machine. A thread waiting for the GIL wakes up every switch
-    interval (5 ms) to ask for it; one blocked in a system call does not wake up at all.
-    """
+    """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux). A thread
+    that wants a CPU but gets none is busy, not blocked (its CPU clock alone would say idle on
+    a crowded machine). One waiting for the GIL wakes up every switch interval (5 ms) to ask
+    for it; one blocked in a system call does not wake up at all."""
     try:
         fields = (stat.read() or b"").split()
         return Scheduling(int(fields[1]) / 1e9, int(fields[2]))
@@ -107,11 +103,8 @@ def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
 
 
 class GcTimer:
-    """Total time spent in garbage collection, from ``gc.callbacks``.
-
-    After a collection of at least ``long_after`` seconds, ``on_long`` is called on the thread
-    that collected, still inside the code the collection paused.
-    """
+    """Total time spent in garbage collection, from ``gc.callbacks``. After a collection of at
+    least ``long_after`` seconds, ``on_long`` runs on its thread, inside the code it paused."""
 
     def __init__(self, long_after: float, on_long: Callable[[], None]) -> None:
         self.total = 0.0
@@ -150,12 +143,9 @@ class GcTimer:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the clocks said at one moment (``at``, monotonic seconds).
-
-    A light snapshot reads only clocks, which never release the GIL. A full one also reads the
-    kernel's files (run-queue waits, throttling, steal): each read lets another thread take
-    the GIL, so on a busy loop it is done rarely.
-    """
+    """What the clocks said at one moment (``at``, monotonic seconds). A light snapshot reads
+    only clocks, which never release the GIL. A full one also reads the kernel's files (run-queue
+    waits, throttling, steal): each read lets another thread take the GIL, so it is rare."""
 
     at: float
     process_cpu: float

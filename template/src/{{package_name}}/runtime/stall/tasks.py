@@ -1,10 +1,9 @@
 """The request a blocked event loop is working on, read from the watchdog thread.
 
 ``asyncio.current_task(loop)`` names the task whose step is running. Its request id and
-traceparent live in the task's context: ``Task.get_context()`` from Python 3.12 on. Python 3.11
-has no way to reach a task's context, so on 3.11 :func:`install_task_factory` remembers the
-context of every task the loop creates (the same ``Context`` object the task runs in, so a
-request id bound inside the task later is visible in it too).
+traceparent live in its context: ``Task.get_context()`` from Python 3.12 on. On 3.11
+:func:`install_task_factory` remembers the context of every task the loop creates (the very
+``Context`` the task runs in, so a request id bound inside the task later is visible too).
 """
 
 from __future__ import annotations

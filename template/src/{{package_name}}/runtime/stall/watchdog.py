@@ -18,13 +18,12 @@ docs/runtime/stall-detection.md has the details.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,10 @@ class _Unit:
         self.clock = _thread_clock()  # the thread's CPU clock
         self.started = time.monotonic()  # start of the current stretch of work
         self.cpu_start = time.thread_time()  # the thread's CPU time then
-        # From when on a lack of progress counts (the loop: when its next beat is due).
+        # From when on a lack of progress counts, and a stall is judged: a handler's start; the
+        # loop's next beat. Before that the loop may have idled (a resting loop, for most of a
+        # tick), which would dilute the share of the stall it spent on CPU; from then on it
+        # surely ran no callback. Its CPU time is still counted from the last beat.
         self.since = self.started
         self.generation = 0  # bumped on every sign of progress, so late captures are discarded
         self.reported = False
@@ -112,13 +114,11 @@ class _Unit:
         self.task: Fields = {}
         self.baseline: Snapshot | None = None
 
-    def ended(self, now: float, took: float, cpu: float, *, judged_from: float = 0.0) -> _Ended:
-        """The stretch of work ending now, as a stall to report, judged from ``judged_from``
-        if the stretch started earlier (its CPU time is counted from its start all the same)."""
+    def ended(self, now: float, took: float, cpu: float) -> _Ended:
+        """The stretch of work ending now, as a stall to report (judged from ``since``)."""
         request = {**self.task, **self.fields}
-        started = max(self.started, judged_from)
         return _Ended(
-            self, started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
+            self, self.since, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
         )
 
     def moved(self) -> None:
@@ -324,7 +324,7 @@ class StallWatchdog:
 
     def _ring(self) -> None:
         """Wake the watchdog thread before its tick is up."""
-        with contextlib.suppress(RuntimeError):  # already rung, not yet answered
+        with suppress(RuntimeError):  # already rung, not yet answered
             self._bell.release()
 
     def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -358,7 +358,7 @@ class StallWatchdog:
         with self._lock:
             ended = None
             if unit.reported or lag > self.threshold:
-                ended = unit.ended(now, lag, cpu, judged_from=self._judged_from(unit))
+                ended = unit.ended(now, lag, cpu)
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + interval
@@ -370,13 +370,6 @@ class StallWatchdog:
         if watching:
             self._alarm.arm(interval + self.threshold)
             loop.call_later(interval, self._beat, loop, unit)
-
-    def _judged_from(self, unit: _Unit) -> float:
-        """Where a stall of ``unit`` is judged from. A handler: its start. The loop: when its
-        beat was due. Before that it may have idled (a resting loop, for most of a tick), and
-        idle time would dilute the share of the stall it spent on CPU; from then on it surely
-        ran no callback. Its CPU time is still counted from the last beat."""
-        return unit.since if unit.kind == LOOP else unit.started
 
     def _run(self) -> None:
         if self._dump is not None:
@@ -544,7 +537,7 @@ class StallWatchdog:
     def _report_detected(
         self, unit: _Unit, generation: int, cpu: float | None, sampled: Stack, now: float
     ) -> None:
-        window = (self._judged_from(unit), now)
+        window = (unit.since, now)
         cause, extra = self._diagnose(unit, window, cpu, unit.baseline)
         if cause is Cause.PAUSED:
             return  # looked at again next tick; a pause is reported as such once it is over
@@ -583,11 +576,8 @@ class StallWatchdog:
         baseline: Snapshot | None,
         counted: Scheduling | None = None,
     ) -> tuple[Cause, Fields]:
-        """The class of ``unit``'s stall over ``window``, and the evidence for it.
-
-        ``cpu`` is the thread's CPU time over the window; ``counted``, a handler's scheduler
-        counts at its end.
-        """
+        """The class of ``unit``'s stall over ``window``, and the evidence for it. ``cpu`` is the
+        thread's CPU time over the window; ``counted``, a handler's scheduler counts at its end."""
         start, end = window
         before = baseline or self._snapshot_before(start)
         before_full = self._snapshot_before(start, full=True)
@@ -686,11 +676,8 @@ class StallWatchdog:
         are Python code, and its thread may let go of the GIL in the one at its end.)"""
         thread = self._gc.thread
         if self._gc.started is not None and thread is not None:
-            frames = sys._current_frames()
-            try:
-                return thread, format_stack(outside_the_watchdog(frames.get(thread)))
-            finally:
-                del frames
+            running = outside_the_watchdog(sys._current_frames().get(thread))
+            return thread, format_stack(running)
         if self._collected is None:
             return None
         at, thread, stack = self._collected
@@ -711,12 +698,11 @@ class StallWatchdog:
                 hint = "the process was paused or throttled; no code of this service is to blame"
                 self._log_pause(unit.kind, ended.duration, ended.duration, **extra, hint=hint)
             return
-        stack = self._stack_for(
-            unit, cause, ended.stack, (ended.started, self._history[-1].at), extra
-        )
+        seen_until = self._history[-1].at  # the snapshot just taken
+        stack = self._stack_for(unit, cause, ended.stack, (ended.started, seen_until), extra)
         request = ended.task
         peeked_at, peeked = self._peeked
-        if unit.kind == LOOP and not request and ended.started < peeked_at <= self._history[-1].at:
+        if unit.kind == LOOP and not request and ended.started < peeked_at <= seen_until:
             request = peeked  # seen by the watchdog at the stall's very end
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
@@ -764,14 +750,11 @@ class _Watched:
 
 
 class _Own:
-    """The watchdog thread's own scheduler counts, read once per tick.
-
-    A thread waiting for the GIL wakes up every switch interval to ask for it; one waiting for
-    a CPU is counted by the kernel as queued. Both mean the process ran. After SIGSTOP (or a
-    frozen container) neither counter moved: only then is the watchdog's lateness a pause.
-    Other threads' counters cannot say this: on a crowded machine many threads queue for a
-    CPU after the process resumes, and summed up they would hide the pause.
-    """
+    """The watchdog thread's own scheduler counts, read once per tick. A thread waiting for
+    the GIL wakes up every switch interval to ask for it; one waiting for a CPU is counted as
+    queued: both mean the process ran. After SIGSTOP (or a frozen container) neither moved: only
+    then is the watchdog's lateness a pause. Other threads' counters cannot say this: on a
+    crowded machine many queue for a CPU once the process resumes, and would hide the pause."""
 
     def __init__(self, stat: KernelFile | None) -> None:
         self._stat = stat
@@ -835,11 +818,9 @@ def _busiest_other(
 
 @contextmanager
 def waiting() -> Iterator[None]:
-    """Mark the current sync handler as waiting, not stalled, for the duration of the block.
-
-    A handler blocked on offloaded work is doing its job: its stall clock stops while it waits
-    and starts again from zero afterwards. Outside a watched handler this does nothing.
-    """
+    """Mark the current sync handler as waiting for offloaded work, not stalled, during the
+    block: its stall clock stops, and starts again from zero afterwards. Outside a watched
+    handler this does nothing."""
     watch: tuple[StallWatchdog, _Unit] | None = getattr(_current, "watch", None)
     if watch is None:
         yield
