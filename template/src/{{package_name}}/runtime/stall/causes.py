@@ -52,19 +52,13 @@ def classify(evidence: Evidence) -> Cause:
     # but uses next to no CPU each time). A thread waiting for the GIL sleeps: it neither runs
     # nor queues.
     queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
-    busy = cpu + queued >= runnable / 2
+    gil_held = evidence.gil_starved >= runnable / 2  # the watchdog was kept from the GIL
+    if cpu + queued >= runnable / 2:
+        return Cause.C_CODE if gil_held else Cause.PYTHON
     # Another thread busy is not enough (C code may run there without the GIL): the watchdog
-    # must have been kept from the GIL as well.
-    asked_for_gil = evidence.thread_gil_wait is None or (
-        evidence.thread_gil_wait >= evidence.gil_starved / 2
-    )
-    if (
-        not busy
-        and evidence.other_cpu >= runnable / 2
-        and evidence.gil_starved >= runnable / 2
-        and asked_for_gil
-    ):
+    # must have been kept from the GIL as well, and the thread must have asked for it.
+    gil_wait = evidence.thread_gil_wait
+    asked_for_gil = gil_wait is None or gil_wait >= evidence.gil_starved / 2
+    if gil_held and evidence.other_cpu >= runnable / 2 and asked_for_gil:
         return Cause.GIL_WAIT
-    if busy:
-        return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     return Cause.SYSCALL

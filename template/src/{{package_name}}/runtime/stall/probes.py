@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 # cgroup v2, then v1 (whose counter is in nanoseconds).
 _THROTTLE_FILES = (
-    ("/sys/fs/cgroup/cpu.stat", "throttled_usec", 1e-6),
-    ("/sys/fs/cgroup/cpu/cpu.stat", "throttled_time", 1e-9),
-    ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", "throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu.stat", b"throttled_usec", 1e-6),
+    ("/sys/fs/cgroup/cpu/cpu.stat", b"throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", b"throttled_time", 1e-9),
 )
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -96,9 +96,8 @@ def scheduling(stat: KernelFile) -> Scheduling | None:
 def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
     for path, key, scale in _THROTTLE_FILES:
         counter = KernelFile(path)
-        text = counter.read()
-        if text is not None and key.encode() in text:
-            return counter, key.encode(), scale
+        if key in (counter.read() or b""):
+            return counter, key, scale
     return None
 
 

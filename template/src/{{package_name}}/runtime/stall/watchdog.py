@@ -1,17 +1,11 @@
 """The stall watchdog: one daemon thread that watches the event loop and sync handlers.
 
-A heartbeat on the loop (every ``lag_interval``; every ``rest_interval`` after an idle
-stretch: waking an idle process is what costs) records its lag and stamps when the loop was
-last alive. Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`). The
-watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a unit
-stuck for longer than the threshold as ``stall_detected`` while it is, with its stack; once it
-moves again, one ``event_loop_stalled`` / ``handler_stalled`` event carries the duration, the
-class (:mod:`.causes`), the culprit and the request, or ``process_paused`` blames no code.
-
-A handler is judged by its thread's CPU time: one that waits (for a database, a socket, the
-offload pool) is not stalled, only ``handler_slow``. The loop is judged by wall time: nothing
-else may run while it waits. C code holding the GIL keeps the watchdog out too, so
-faulthandler stays armed (:mod:`.dumpfile`) to write the stacks the report reads back.
+A heartbeat on the loop stamps when it was last alive; each sync RPC is watched while it runs.
+The watchdog thread wakes every ``tick``, reports a unit stuck for longer than the threshold
+as ``stall_detected`` while it is, and once it moves again as ``event_loop_stalled`` or
+``handler_stalled`` (or ``process_paused``, blaming no code). A handler is judged by its
+thread's CPU time (one that waits is only ``handler_slow``), the loop by wall time. While C
+code holds the GIL, faulthandler (:mod:`.dumpfile`) writes the stacks the watchdog cannot take.
 docs/runtime/stall-detection.md has the details.
 """
 
@@ -103,10 +97,9 @@ class _Unit:
         self.clock = _thread_clock()  # the thread's CPU clock
         self.started = time.monotonic()  # start of the current stretch of work
         self.cpu_start = time.thread_time()  # the thread's CPU time then
-        # From when on a lack of progress counts, and a stall is judged: a handler's start; the
-        # loop's next beat. Before that the loop may have idled (a resting loop, for most of a
-        # tick), which would dilute the share of the stall it spent on CPU; from then on it
-        # surely ran no callback. Its CPU time is still counted from the last beat.
+        # From when on a lack of progress counts and a stall is judged: a handler's start, the
+        # loop's next beat (idling before it, a resting loop would dilute the stall's share of
+        # CPU; from then on it surely ran no callback). CPU time counts from ``started``.
         self.since = self.started
         self.generation = 0  # bumped on every sign of progress, so late captures are discarded
         self.reported = False
@@ -212,7 +205,7 @@ class StallWatchdog:
             path = self._dump_path or default_dump_path()
             after = round(self.threshold + 2 * self.tick, 3)  # then re-armed every 2 ticks
             try:
-                self._dump = DumpFile(path, after, max(2 * self.tick, 0.5))
+                self._dump = DumpFile(path, after, 2 * self.tick)
             except OSError as error:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
@@ -781,8 +774,7 @@ def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> flo
 
 def _overlap(gap: _Gap, start: float, end: float) -> float:
     """Seconds of ``gap``'s lateness that fall between ``start`` and ``end``."""
-    late_from = gap.end - gap.late
-    return max(0.0, min(gap.end, end) - max(late_from, start))
+    return max(0.0, min(gap.end, end) - max(gap.end - gap.late, start))
 
 
 def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
