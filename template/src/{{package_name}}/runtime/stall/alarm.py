@@ -1,16 +1,14 @@
 """A kernel timer that lets a blocked event loop say which task it is blocked in.
 
-C code that holds the GIL (a regex, some C extensions) keeps the watchdog thread out until it
-returns. The watchdog then races the loop thread for the GIL, and the loop may finish the
-task's step before the watchdog gets to ask which task it was. A signal needs no GIL: the loop
-re-arms ``ITIMER_REAL`` at every heartbeat, for the moment the next beat is a threshold late.
-If that moment comes, the kernel sends ``SIGALRM``, and Python runs the handler on the main
-thread at its next chance, which is still inside the blocked step: right after the C call
-returns, or even during it (the regex engine checks for signals while it backtracks).
+C code that holds the GIL keeps the watchdog thread out until it returns, and the loop may
+then finish the task's step before the watchdog gets to ask which task it was. A signal needs
+no GIL: the loop re-arms ``ITIMER_REAL`` at every heartbeat, for when the next beat is a
+threshold late, and Python runs the ``SIGALRM`` handler on the main thread at its next chance,
+still inside the blocked step (the regex engine even checks for signals while it backtracks).
 
 Only for a loop on the main thread (Python runs signal handlers nowhere else), and only while
-nothing else claims ``SIGALRM``: the timer is the process's only one of its kind. Code that
-installs its own handler later gets the signal to itself from then on.
+nothing else claims ``SIGALRM`` (the process has one such timer): code that installs its own
+handler later gets the signal to itself from then on.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""What a stall was: the classes an on-call engineer acts on differently.
-
-See docs/runtime/stall-detection.md for the runbook of each class.
-"""
+"""What a stall was: the classes an on-call engineer acts on differently (each has a runbook
+in docs/runtime/stall-detection.md)."""
 
 from __future__ import annotations
 
@@ -17,11 +15,6 @@ class Cause(StrEnum):
     PAUSED = "paused"  # the process got no CPU: SIGSTOP, CPU throttling, VM steal, a full node
     GC = "gc"  # a garbage-collection pause
     UNKNOWN = "unknown"  # no per-thread CPU clocks on this platform
-
-    @property
-    def blames_code(self) -> bool:
-        """Whether a line of this process's code is to blame (a paused process is not)."""
-        return self is not Cause.PAUSED
 
 
 @dataclass(frozen=True)
@@ -43,11 +36,8 @@ class Evidence:
 
 
 def classify(evidence: Evidence) -> Cause:
-    """The class of a stall, from where its time went.
-
-    "Most of" means at least half: of the wall time, or, for the running-or-waiting question,
-    of the time the process was allowed to run at all.
-    """
+    """The class of a stall, from where its time went. "Most of" means at least half: of the
+    wall time, or, for running or waiting, of the time the process was allowed to run at all."""
     wall = evidence.wall
     cpu = evidence.thread_cpu
     if evidence.paused >= wall / 2 and (cpu is None or cpu < evidence.threshold):
@@ -62,19 +52,13 @@ def classify(evidence: Evidence) -> Cause:
     # but uses next to no CPU each time). A thread waiting for the GIL sleeps: it neither runs
     # nor queues.
     queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
-    busy = cpu + queued >= runnable / 2
+    gil_held = evidence.gil_starved >= runnable / 2  # the watchdog was kept from the GIL
+    if cpu + queued >= runnable / 2:
+        return Cause.C_CODE if gil_held else Cause.PYTHON
     # Another thread busy is not enough (C code may run there without the GIL): the watchdog
-    # must have been kept from the GIL as well.
-    asked_for_gil = evidence.thread_gil_wait is None or (
-        evidence.thread_gil_wait >= evidence.gil_starved / 2
-    )
-    if (
-        not busy
-        and evidence.other_cpu >= runnable / 2
-        and evidence.gil_starved >= runnable / 2
-        and asked_for_gil
-    ):
+    # must have been kept from the GIL as well, and the thread must have asked for it.
+    gil_wait = evidence.thread_gil_wait
+    asked_for_gil = gil_wait is None or gil_wait >= evidence.gil_starved / 2
+    if gil_held and evidence.other_cpu >= runnable / 2 and asked_for_gil:
         return Cause.GIL_WAIT
-    if busy:
-        return Cause.C_CODE if evidence.gil_starved >= runnable / 2 else Cause.PYTHON
     return Cause.SYSCALL

@@ -1,13 +1,10 @@
 """The file faulthandler writes stacks to when the watchdog cannot run (the GIL is held).
 
-While C code holds the GIL no Python thread runs, the watchdog included; only faulthandler's
-own C thread can still write, and only raw text to a file descriptor. It writes to a file the
-service owns (not stderr, where log pipelines would split it into unrelated lines): once per
-stall, since the watchdog is not there to re-arm it. When the watchdog runs again it re-arms the
-timer first, then reads the new dump back and turns it into structured stacks for the stall
-report. The file is never emptied under faulthandler (a dump written meanwhile would be lost):
-it grows by a dump per such stall, and past a limit is replaced by a fresh one at the same
-path. A dump nobody has read is the stack of a hang that never ended.
+While C code holds the GIL only faulthandler's own C thread can still write, and only raw text
+to a file descriptor: to a file the service owns (on stderr, log pipelines would split it into
+unrelated lines), once per stall. The watchdog reads each new dump back for the stall report.
+The file is never emptied under faulthandler (a dump written meanwhile would be lost): past a
+limit a fresh one replaces it. A dump nobody has read is the stack of a hang that never ended.
 """
 
 from __future__ import annotations
@@ -30,32 +27,22 @@ def default_dump_path() -> Path:
 
 
 class DumpFile:
-    """faulthandler's timer, pointed at ``path``, kept armed by the watchdog.
-
-    Arming starts a C thread, which costs about a tenth of a millisecond: the watchdog re-arms
-    every ``period`` seconds, not on every tick, with a timeout of ``after + period``. A thread
-    holding the GIL is therefore dumped between ``after`` and ``after + period`` seconds in.
-    """
+    """faulthandler's timer, pointed at ``path``, kept armed by the watchdog. Arming starts a
+    C thread (a tenth of a millisecond): the watchdog re-arms every ``period`` seconds, not every
+    tick, so a thread holding the GIL is dumped between ``after`` and ``after + period`` in."""
 
     def __init__(self, path: Path, after: float, period: float) -> None:
         self.path = path
-        self.after = after
         self.period = period
+        self.latest = round(after + period, 3)  # the most seconds into a GIL hold before a dump
         self._armed_at = float("-inf")
         self._fd = self._create(path)
         self._read = 0  # bytes of the file already taken
 
-    @property
-    def latest(self) -> float:
-        """The most seconds into a GIL hold before its dump is written."""
-        return round(self.after + self.period, 3)
-
     def arm(self, now: float, *, force: bool = False) -> None:
-        """Dump every thread's stack ``latest`` seconds from now, unless re-armed sooner.
-
-        Once the timer has run out (it wrote a dump), nothing is armed until this is called:
-        call it as soon as the watchdog runs again, before anything lets the GIL go. Re-arming
-        first waits for a dump in progress to finish.
+        """Dump every thread's stack ``latest`` seconds from now, unless re-armed sooner. Once
+        the timer has run out (it wrote a dump), nothing is armed until this is called: call it
+        as soon as the watchdog runs again. Re-arming waits for a dump in progress to finish.
         """
         if force or now - self._armed_at >= self.period:
             faulthandler.dump_traceback_later(self.latest, repeat=False, file=self._fd)

@@ -1,10 +1,9 @@
 """Where the time went: CPU clocks of threads and of the process, CPU the kernel withheld, GC.
 
-A stall looks the same from the outside whatever caused it: a timer ran late. These readings
-tell the causes apart. A thread's CPU clock only advances while that thread runs, so a loop
-thread that used almost no CPU during a stall was waiting (in a system call, or for the GIL),
-and one that used all of it was running. CPU the cgroup throttled or the hypervisor stole, and
-time in which no thread of the process ran at all, mean the process was paused.
+Every stall looks the same from outside (a timer ran late); these readings tell the causes
+apart. A thread that used almost no CPU during a stall was waiting (in a system call, or for
+the GIL); one that used all of it was running. CPU the cgroup throttled or the hypervisor
+stole, and time in which no thread of the process ran at all, mean the process was paused.
 """
 
 from __future__ import annotations
@@ -16,25 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 # cgroup v2, then v1 (whose counter is in nanoseconds).
 _THROTTLE_FILES = (
-    (Path("/sys/fs/cgroup/cpu.stat"), "throttled_usec", 1e-6),
-    (Path("/sys/fs/cgroup/cpu/cpu.stat"), "throttled_time", 1e-9),
-    (Path("/sys/fs/cgroup/cpu,cpuacct/cpu.stat"), "throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu.stat", b"throttled_usec", 1e-6),
+    ("/sys/fs/cgroup/cpu/cpu.stat", b"throttled_time", 1e-9),
+    ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", b"throttled_time", 1e-9),
 )
-_PROC_STAT = Path("/proc/stat")
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_clock(ident: int) -> int | None:
-    """The CPU-time clock of thread ``ident``, readable from any thread while it lives.
-
-    ``ident`` must be a running thread (the caller's own, or one listed by
-    ``threading.enumerate()``). The clock id names the kernel thread, not a pointer: reading it
-    after the thread has ended fails cleanly (``OSError``) instead of crashing.
-    """
+    """The CPU-time clock of the running thread ``ident``, readable from any thread. It names
+    the kernel thread, not a pointer: once the thread has ended, reading it fails cleanly."""
     try:
         return time.pthread_getcpuclockid(ident)
     except (AttributeError, OSError):  # not on this platform
@@ -54,7 +47,7 @@ def read_clock(clock: int | None) -> float | None:
 class KernelFile:
     """A kernel file kept open, so that each reading is a single ``pread``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str) -> None:
         try:
             self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -89,13 +82,10 @@ class Scheduling:
 
 
 def scheduling(stat: KernelFile) -> Scheduling | None:
-    """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux).
-
-    A thread that wants to run but gets no CPU, because other processes or threads have them,
-    is busy, not blocked: its CPU clock alone would make it look idle on a crowded machine.
-    A thread waiting for the GIL wakes up every switch interval (5 ms) to ask for it, using
-    next to no CPU; one blocked in a system call does not wake up at all.
-    """
+    """The thread's :class:`Scheduling`; ``None`` once it has ended (or off Linux). A thread
+    that wants a CPU but gets none is busy, not blocked (its CPU clock alone would say idle on
+    a crowded machine). One waiting for the GIL wakes up every switch interval (5 ms) to ask
+    for it; one blocked in a system call does not wake up at all."""
     try:
         fields = (stat.read() or b"").split()
         return Scheduling(int(fields[1]) / 1e9, int(fields[2]))
@@ -106,22 +96,16 @@ def scheduling(stat: KernelFile) -> Scheduling | None:
 def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
     for path, key, scale in _THROTTLE_FILES:
         counter = KernelFile(path)
-        text = counter.read()
-        if text is not None and key.encode() in text:
-            return counter, key.encode(), scale
+        if key in (counter.read() or b""):
+            return counter, key, scale
     return None
 
 
 class GcTimer:
-    """Total time spent in garbage collection, from ``gc.callbacks``.
+    """Total time spent in garbage collection, from ``gc.callbacks``. After a collection of at
+    least ``long_after`` seconds, ``on_long`` runs on its thread, inside the code it paused."""
 
-    After a collection of at least ``long_after`` seconds, ``on_long`` is called on the thread
-    that collected, still inside the code the collection paused.
-    """
-
-    def __init__(
-        self, long_after: float = float("inf"), on_long: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, long_after: float, on_long: Callable[[], None]) -> None:
         self.total = 0.0
         self.started: float | None = None
         self.generation: int | None = None  # of the last collection longer than a millisecond
@@ -147,7 +131,7 @@ class GcTimer:
             self.started = None
             if took > 0.001:
                 self.generation = info.get("generation")
-            if took >= self.long_after and self.on_long is not None:
+            if took >= self.long_after:
                 self.on_long()
 
     def reading(self, now: float) -> float:
@@ -158,12 +142,9 @@ class GcTimer:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the clocks said at one moment (``at``, monotonic seconds).
-
-    A light snapshot reads only clocks, which never release the GIL. A full one also reads the
-    kernel's files (run-queue waits, throttling, steal): each read lets another thread take
-    the GIL, so on a busy loop it is done rarely.
-    """
+    """What the clocks said at one moment (``at``, monotonic seconds). A light snapshot reads
+    only clocks, which never release the GIL. A full one also reads the kernel's files (run-queue
+    waits, throttling, steal): each read lets another thread take the GIL, so it is rare."""
 
     at: float
     process_cpu: float
@@ -182,7 +163,7 @@ class Probes:
     def __init__(self, gc_timer: GcTimer) -> None:
         self.gc_timer = gc_timer
         self._throttle = _throttle_counter()
-        self._proc_stat = KernelFile(_PROC_STAT)
+        self._proc_stat = KernelFile("/proc/stat")
         self._cpus = max(1, os.cpu_count() or 1)
         self._clocks: dict[int, int | None] = {}  # thread ident -> CPU clock id
         self._stats: dict[int, KernelFile] = {}  # thread ident -> its schedstat
@@ -215,16 +196,13 @@ class Probes:
         now = time.monotonic()
         if full or not self._clocks:
             self._watch_threads()
-        threads = {}
-        for ident, clock in self._clocks.items():
-            cpu = read_clock(clock)
-            if cpu is not None:
-                threads[ident] = cpu
+        readings = {ident: read_clock(clock) for ident, clock in self._clocks.items()}
+        threads = {ident: cpu for ident, cpu in readings.items() if cpu is not None}
         light = Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
         if not full:
             return light
-        readings = {ident: scheduling(stat) for ident, stat in self._stats.items()}
-        known = {ident: reading for ident, reading in readings.items() if reading is not None}
+        counts = {ident: scheduling(stat) for ident, stat in self._stats.items()}
+        known = {ident: reading for ident, reading in counts.items() if reading is not None}
         return dataclasses.replace(
             light,
             full=True,

@@ -1,18 +1,15 @@
 """Stalls in the trace: each reported stall is a span of its own.
 
-A stall of a request (the loop was running its task, or the sync handler was its RPC) becomes a
-child of that request's span, in its trace; a stall with no request running starts a trace of its
-own. The span is made once the stall is over, with the stall's start and end as its times: the
-request's span may have ended by then, and an event added to an ended span would be dropped.
-
-The span is not an error: the request may well have succeeded, only late. Its attributes say what
-the log event says (kind, class, culprit, the stack). Without an exporter the tracer is
-OpenTelemetry's no-op one and this costs nothing.
+A stall of a request becomes a child of that request's span; a stall with no request running
+starts a trace of its own. The span is made once the stall is over, with its start and end as
+its times: the request's span may have ended by then, and an event added to it would be dropped.
+The span is not an error: the request may well have succeeded, only late.
 """
 
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -20,23 +17,13 @@ from opentelemetry import propagate, trace
 tracer = trace.get_tracer(__name__)
 
 
-def record_stall(
-    event: str,
-    *,
-    started: float,
-    ended: float,
-    traceparent: str | None,
-    kind: str,
-    name: str,
-    cause: str,
-    culprit: str | None,
-    stack: list[str],
-) -> None:
-    """One span named ``event`` (``event_loop_stalled``, ``handler_stalled``) from ``started`` to
-    ``ended`` (``time.monotonic()`` values), under ``traceparent`` if a request was running."""
+def record_stall(event: str, started: float, ended: float, report: dict[str, object]) -> None:
+    """One span named ``event`` from ``started`` to ``ended`` (``time.monotonic()`` values),
+    saying what the stall's log event, ``report``, says; under its request's trace if any."""
+    traceparent = report.get("traceparent")
     parent = (
         propagate.extract({"traceparent": traceparent})
-        if traceparent
+        if isinstance(traceparent, str) and traceparent
         else otel_context.Context()  # not the watchdog thread's context: a trace of its own
     )
     to_epoch_ns = time.time_ns() - time.monotonic_ns()
@@ -45,12 +32,12 @@ def record_stall(
         context=parent,
         start_time=int(started * 1e9) + to_epoch_ns,
         attributes={
-            "stall.kind": kind,
-            "stall.name": name,
-            "stall.cause": cause,
-            "stall.culprit": culprit or "",
+            "stall.kind": str(report["kind"]),
+            "stall.name": str(report["name"]),
+            "stall.cause": str(report["cause"]),
+            "stall.culprit": str(report["culprit"] or ""),
             "stall.duration_s": ended - started,
-            "code.stacktrace": "\n".join(stack),
+            "code.stacktrace": "\n".join(cast(list[str], report["stack"])),
         },
     )
     span.end(end_time=int(ended * 1e9) + to_epoch_ns)

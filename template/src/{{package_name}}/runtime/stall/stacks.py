@@ -1,9 +1,7 @@
 """Stacks as lists of ``file:line in function`` (outermost first), and which frame to blame.
 
-Stacks come from ``sys._current_frames()`` while the watchdog can run, from the text
-faulthandler writes when it cannot (C code holding the GIL), and from the frame a garbage
-collection paused. All end up in the same shape so that a report looks the same whichever way
-its stack was captured.
+Whether taken by ``sys._current_frames()``, from the text faulthandler writes while C code holds
+the GIL, or from the frame a garbage collection paused, a report's stack has the same shape.
 """
 
 from __future__ import annotations
@@ -62,11 +60,8 @@ def culprit(stack: list[str]) -> str | None:
 
 
 def parse_faulthandler_dump(text: str) -> dict[str, list[str]]:
-    """Each thread's stack in a faulthandler dump, keyed by :func:`thread_label`.
-
-    faulthandler prints the innermost frame first; the stacks returned are outermost first,
-    like :func:`format_stack`. When the text holds several dumps, the last one wins.
-    """
+    """Each thread's stack in a faulthandler dump, keyed by :func:`thread_label`, outermost
+    frame first like :func:`format_stack`. When the text holds several dumps, the last wins."""
     stacks: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():

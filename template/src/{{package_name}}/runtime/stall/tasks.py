@@ -1,10 +1,9 @@
 """The request a blocked event loop is working on, read from the watchdog thread.
 
 ``asyncio.current_task(loop)`` names the task whose step is running. Its request id and
-traceparent live in the task's context: ``Task.get_context()`` from Python 3.12 on. Python 3.11
-has no way to reach a task's context, so on 3.11 :func:`install_task_factory` remembers the
-context of every task the loop creates (the same ``Context`` object the task runs in, so a
-request id bound inside the task later is visible in it too).
+traceparent live in its context: ``Task.get_context()`` from Python 3.12 on. On 3.11
+:func:`install_task_factory` remembers the context of every task the loop creates (the very
+``Context`` the task runs in, so a request id bound inside the task later is visible too).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ _contexts: weakref.WeakKeyDictionary[asyncio.Future[Any], contextvars.Context] =
 )
 _TASKS_KNOW_THEIR_CONTEXT = hasattr(asyncio.Task, "get_context")
 
-TaskCoroutine = Coroutine[Any, Any, Any] | Generator[Any, None, Any]
-
 
 def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
     """On Python 3.11, make ``loop`` remember each new task's context (keeps any factory)."""
@@ -33,7 +30,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
 
     def remembering(
         loop: asyncio.AbstractEventLoop,
-        coro: TaskCoroutine,
+        coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
         context: contextvars.Context | None = None,
     ) -> asyncio.Future[Any]:
         task_context = context if context is not None else contextvars.copy_context()
@@ -51,11 +48,9 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
 
 def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     """The task ``loop`` is running now, with its request id and trace id (what is known)."""
-    if loop is None:
-        return {}
     try:
         task = asyncio.current_task(loop)
-    except RuntimeError:
+    except RuntimeError:  # no loop (the watchdog thread runs none of its own)
         return {}
     if task is None:
         return {}
@@ -63,22 +58,19 @@ def running_task(loop: asyncio.AbstractEventLoop | None) -> dict[str, object]:
     get_context = getattr(task, "get_context", None)  # Python 3.12 and later
     values = get_context() if get_context is not None else _contexts.get(task)
     if values is not None:
-        found.update(_request(context.snapshot_of(values)))
+        found.update(_request(**context.snapshot_of(values)))
     return found
 
 
 def current_request() -> dict[str, object]:
     """The request id and trace id bound in the calling thread (a sync handler's)."""
-    return _request(
-        {"request_id": context.current_request_id(), "traceparent": context.current_traceparent()}
-    )
+    return _request(context.current_request_id(), context.current_traceparent())
 
 
-def _request(snapshot: dict[str, str | None]) -> dict[str, object]:
+def _request(request_id: str | None, traceparent: str | None) -> dict[str, object]:
     found: dict[str, object] = {}
-    if snapshot["request_id"] is not None:
-        found["request_id"] = snapshot["request_id"]
-    traceparent = snapshot["traceparent"]
+    if request_id is not None:
+        found["request_id"] = request_id
     if traceparent is not None:
         found["traceparent"] = traceparent
         found["trace_id"] = traceparent.split("-")[1]

@@ -1,39 +1,24 @@
 """The stall watchdog: one daemon thread that watches the event loop and sync handlers.
 
-* A heartbeat on the event loop (``loop.call_later`` every ``lag_interval``) records how late
-  each wake-up was (the ``eventloop_lag_*`` metrics) and stamps when the loop was last alive,
-  with the loop thread's CPU time at that moment. A loop that was idle since the last beat
-  beats next after ``rest_interval`` (the watchdog's tick): waking an idle process is what
-  costs, and there is nothing to be late for.
-* Each sync RPC is watched while it runs (:meth:`StallWatchdog.watch_handler`).
-* The watchdog thread wakes every ``tick``, reads the clocks (:mod:`.probes`), and reports a
-  unit that is stuck as ``stall_detected`` while it is still stuck, with its stack. When the
-  unit moves again, one ``event_loop_stalled`` / ``handler_stalled`` event carries the
-  duration, the class (:mod:`.causes`), the culprit and the request. A process that was
-  paused is reported as ``process_paused`` instead, without blaming any code.
-
-A handler is judged by its thread's CPU time: one that waits (for a database, a socket, the
-offload pool) is not stalled, however long it takes; it is logged as ``handler_slow`` at info
-level. The event loop is judged by wall time: nothing else may run while it waits.
-
-A Python thread cannot run while C code holds the GIL, the watchdog included, so the watchdog
-keeps faulthandler armed (:mod:`.dumpfile`): if it is starved for ``threshold + 2 * tick``,
-faulthandler writes every thread's stack to the dump file, and the stall report made
-afterwards carries the stack read back from it.
+A heartbeat on the loop stamps when it was last alive; each sync RPC is watched while it runs.
+The watchdog thread wakes every ``tick``, reports a unit stuck for longer than the threshold
+as ``stall_detected`` while it is, and once it moves again as ``event_loop_stalled`` or
+``handler_stalled`` (or ``process_paused``, blaming no code). A handler is judged by its
+thread's CPU time (one that waits is only ``handler_slow``), the loop by wall time. While C
+code holds the GIL, faulthandler (:mod:`.dumpfile`) writes the stacks the watchdog cannot take.
+docs/runtime/stall-detection.md has the details.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import sys
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,15 +90,17 @@ class _Unit:
         "thread_id",
     )
 
-    def __init__(self, kind: str, name: str, fields: Fields | None = None) -> None:
+    def __init__(self, kind: str, name: str, fields: Fields) -> None:
         self.kind = kind
         self.name = name
-        self.fields = fields if fields is not None else {}
+        self.fields = fields
         self.thread_id = threading.get_ident()
         self.clock = _thread_clock()  # the thread's CPU clock
         self.started = time.monotonic()  # start of the current stretch of work
         self.cpu_start = time.thread_time()  # the thread's CPU time then
-        # From when on a lack of progress counts (the loop: when its next beat is due).
+        # From when on a lack of progress counts and a stall is judged: a handler's start, the
+        # loop's next beat (idling before it, a resting loop would dilute the stall's share of
+        # CPU; from then on it surely ran no callback). CPU time counts from ``started``.
         self.since = self.started
         self.generation = 0  # bumped on every sign of progress, so late captures are discarded
         self.reported = False
@@ -121,13 +108,11 @@ class _Unit:
         self.task: Fields = {}
         self.baseline: Snapshot | None = None
 
-    def ended(self, now: float, took: float, cpu: float, *, judged_from: float = 0.0) -> _Ended:
-        """The stretch of work ending now, as a stall to report, judged from ``judged_from``
-        if the stretch started earlier (its CPU time is counted from its start all the same)."""
+    def ended(self, now: float, took: float, cpu: float) -> _Ended:
+        """The stretch of work ending now, as a stall to report (judged from ``since``)."""
         request = {**self.task, **self.fields}
-        started = max(self.started, judged_from)
         return _Ended(
-            self, started, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
+            self, self.since, now, took, cpu - self.cpu_start, self.stack, request, self.baseline
         )
 
     def moved(self) -> None:
@@ -136,7 +121,7 @@ class _Unit:
         self.reported, self.stack, self.baseline = False, None, None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Ended:
     """One stall that is over, waiting to be classified and reported by the watchdog thread."""
 
@@ -183,8 +168,6 @@ class StallWatchdog:
         # near 0.1 % of a core, and a stall is still reported within threshold + tick.
         self.tick = max(threshold / 2, 0.25)
         self.rest_interval = max(lag_interval, self.tick)  # the heartbeat of an idle loop
-        self.dump_after = round(threshold + 2 * self.tick, 3)
-        self.rearm_period = max(2 * self.tick, 0.5)
         self._use_faulthandler = use_faulthandler
         self._dump_path = dump_path
         self._dump: DumpFile | None = None
@@ -221,8 +204,9 @@ class StallWatchdog:
             return
         if self._use_faulthandler:
             path = self._dump_path or default_dump_path()
+            after = round(self.threshold + 2 * self.tick, 3)  # then re-armed every 2 ticks
             try:
-                self._dump = DumpFile(path, self.dump_after, self.rearm_period)
+                self._dump = DumpFile(path, after, 2 * self.tick)
             except OSError as error:
                 log.warning("stall_dump_file_unavailable", path=str(path), error=str(error))
         self._gc.install()
@@ -260,10 +244,8 @@ class StallWatchdog:
         target.call_soon_threadsafe(self._first_beat, target)
 
     def watch_handler(self, name: str, **fields: object) -> AbstractContextManager[None]:
-        """Watch the current thread while the block runs (one synchronous RPC).
-
-        ``name`` is the RPC method; ``fields`` go into every report, after the request id and
-        trace id bound in this thread.
+        """Watch the current thread while the block runs (one synchronous RPC, ``name``);
+        ``fields`` go into every report, after the request id and trace id bound in this thread.
         """
         request = tasks.current_request()
         return _Watched(self, _Unit(HANDLER, name, {**request, **fields} if fields else request))
@@ -294,8 +276,9 @@ class StallWatchdog:
             return
         # The thread may be gone by the time the watchdog looks: read its counts now.
         stat = schedstat(threading.get_native_id())
-        self._hand_over(dataclasses.replace(ended, scheduling=scheduling(stat), slow=slow))
+        ended.scheduling, ended.slow = scheduling(stat), slow
         stat.close()
+        self._hand_over(ended)
 
     def _gil_held_during(self, start: float, end: float) -> bool:
         """Whether another thread may have held the GIL for a threshold between ``start`` and
@@ -335,12 +318,12 @@ class StallWatchdog:
 
     def _ring(self) -> None:
         """Wake the watchdog thread before its tick is up."""
-        with contextlib.suppress(RuntimeError):  # already rung, not yet answered
+        with suppress(RuntimeError):  # already rung, not yet answered
             self._bell.release()
 
     def _first_beat(self, loop: asyncio.AbstractEventLoop) -> None:
         tasks.install_task_factory(loop)
-        unit = _Unit(LOOP, LOOP)
+        unit = _Unit(LOOP, LOOP, {})
         unit.since = unit.started + self.lag_interval
         with self._lock:
             self._loop_unit = unit
@@ -369,7 +352,7 @@ class StallWatchdog:
         with self._lock:
             ended = None
             if unit.reported or lag > self.threshold:
-                ended = unit.ended(now, lag, cpu, judged_from=self._judged_from(unit))
+                ended = unit.ended(now, lag, cpu)
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + interval
@@ -381,13 +364,6 @@ class StallWatchdog:
         if watching:
             self._alarm.arm(interval + self.threshold)
             loop.call_later(interval, self._beat, loop, unit)
-
-    def _judged_from(self, unit: _Unit) -> float:
-        """Where a stall of ``unit`` is judged from. A handler: its start. The loop: when its
-        beat was due. Before that it may have idled (a resting loop, for most of a tick), and
-        idle time would dilute the share of the stall it spent on CPU; from then on it surely
-        ran no callback. Its CPU time is still counted from the last beat."""
-        return unit.since if unit.kind == LOOP else unit.started
 
     def _run(self) -> None:
         if self._dump is not None:
@@ -459,13 +435,10 @@ class StallWatchdog:
 
     def _note_collection(self) -> None:
         """After a long collection, on the thread that ran it, still inside the code it paused:
-        remember that code's stack (what allocated, or called ``gc.collect()``). A stack taken
-        any later shows where the thread went next, even faulthandler's: its timer may run
-        out just after the collection. If the thread is the loop, remember the task too: the
-        watchdog, kept from the GIL meanwhile, may get it back only after the task's step (and
-        the loop's next beat) has run.
-
-        No lock: the collection may have paused this very thread while it held the lock.
+        remember that code's stack (any later stack, even faulthandler's, shows where the
+        thread went next), and if the thread is the loop, its task (the watchdog may get the
+        GIL back only after the task's step has run). No lock: the collection may have paused
+        this very thread while it held the lock.
         """
         paused = outside_the_watchdog(sys._getframe())
         self._collected = (time.monotonic(), threading.get_ident(), format_stack(paused))
@@ -476,12 +449,9 @@ class StallWatchdog:
 
     def _observe(self, slept: float) -> None:
         """Read the clocks; note a gap in which the watchdog itself could not run (beyond the
-        ``slept`` seconds it meant to sleep since the last reading).
-
-        Every tick reads this thread's lateness, its scheduler counts and the process's CPU
-        time. The other threads' clocks are read only when something may need them later (as
-        the baseline of a stall): while the process is busy, a unit is watched, or the tick
-        came late. An idle service's ticks then cost a few system calls each.
+        ``slept`` seconds it meant to sleep since the last reading). The other threads' clocks
+        are read only when they may be a stall's baseline later (the process is busy, a unit is
+        watched, or the tick came late): an idle service's ticks cost a few system calls each.
         """
         previous_tick, now = self._last_tick, time.monotonic()
         if self._dump is not None:
@@ -506,9 +476,8 @@ class StallWatchdog:
             self._gaps.append(_Gap(now, late, paused))
             if paused > self.threshold:
                 self._report_watchdog_pause((previous_tick, now), used, paused)
-        if self._dump is not None:
             # faulthandler writes only after the watchdog missed ticks: a late tick.
-            stacks = self._dump.take(now) if late > _NOTICEABLE_GAP else None
+            stacks = self._dump.take(now) if self._dump is not None else None
             if stacks is not None:
                 # Up to when it was read: a stall that began during the read (the GIL is let
                 # go for it) is dumped in it too, and the last dump read is the one kept.
@@ -524,13 +493,10 @@ class StallWatchdog:
     def _report_watchdog_pause(self, window: Window, used: float, paused: float) -> None:
         start, end = window
         self._pause_reported_until = end
-        STALLS.labels(kind=PROCESS, cause=Cause.PAUSED.value).inc()
-        STALL_DURATION.labels(kind=PROCESS, cause=Cause.PAUSED.value).observe(paused)
-        log.warning(
-            "process_paused",
-            kind=PROCESS,
-            cause=Cause.PAUSED.value,
-            duration=round(end - start, 3),
+        self._log_pause(
+            PROCESS,
+            end - start,
+            paused,
             paused=round(paused, 3),
             process_cpu=round(used, 3),
             **_withheld(self._snapshot_before(start, full=True), self._history[-1]),
@@ -581,9 +547,9 @@ class StallWatchdog:
     def _report_detected(
         self, unit: _Unit, generation: int, cpu: float | None, sampled: Stack, now: float
     ) -> None:
-        window = (self._judged_from(unit), now)
+        window = (unit.since, now)
         cause, extra = self._diagnose(unit, window, cpu, unit.baseline)
-        if not cause.blames_code:
+        if cause is Cause.PAUSED:
             return  # looked at again next tick; a pause is reported as such once it is over
         stack = self._stack_for(unit, cause, sampled, window, extra)
         with self._lock:
@@ -620,11 +586,8 @@ class StallWatchdog:
         baseline: Snapshot | None,
         counted: Scheduling | None = None,
     ) -> tuple[Cause, Fields]:
-        """The class of ``unit``'s stall over ``window``, and the evidence for it.
-
-        ``cpu`` is the thread's CPU time over the window; ``counted``, a handler's scheduler
-        counts at its end.
-        """
+        """The class of ``unit``'s stall over ``window``, and the evidence for it. ``cpu`` is the
+        thread's CPU time over the window; ``counted``, a handler's scheduler counts at its end."""
         start, end = window
         before = baseline or self._snapshot_before(start)
         before_full = self._snapshot_before(start, full=True)
@@ -687,14 +650,15 @@ class StallWatchdog:
     def _stack_for(
         self, unit: _Unit, cause: Cause, sampled: Stack | None, window: Window, extra: Fields
     ) -> Stack | None:
-        """The stack to report: for a collection, the one it paused on this thread; else
-        faulthandler's, taken during the stall, when the GIL was held (a stack sampled
-        afterwards would show where the thread went next); else ``sampled``. Adds the stack
-        and culprit of the thread to blame to ``extra`` when it is another one: the GIL holder
-        for a :attr:`Cause.GIL_WAIT`, the thread that collected for a :attr:`Cause.GC`.
+        """The stack to report: the one a collection paused on this thread; else, if the GIL
+        was held, faulthandler's from during the stall (one sampled afterwards would show where
+        the thread went next); else ``sampled``. Adds the stack and culprit of another thread
+        to blame (the GIL holder, the collecting thread) to ``extra``.
         """
-        dumped = self._dump_during(*window)
-        collected = self._collection_during(*window) if cause is Cause.GC else None
+        start, end = window
+        dumps = [stacks for begun, done, stacks in self._dumps if begun < end and done > start]
+        dumped = dumps[-1] if dumps else None
+        collected = self._collection_during(start, end) if cause is Cause.GC else None
         stack = sampled
         extra["stack_source"] = "sampled" if sampled is not None else None
         if collected is not None and collected[0] == unit.thread_id:
@@ -722,21 +686,12 @@ class StallWatchdog:
         are Python code, and its thread may let go of the GIL in the one at its end.)"""
         thread = self._gc.thread
         if self._gc.started is not None and thread is not None:
-            frames = sys._current_frames()
-            try:
-                return thread, format_stack(outside_the_watchdog(frames.get(thread)))
-            finally:
-                del frames
+            running = outside_the_watchdog(sys._current_frames().get(thread))
+            return thread, format_stack(running)
         if self._collected is None:
             return None
         at, thread, stack = self._collected
         return (thread, stack) if start <= at <= end else None
-
-    def _dump_during(self, start: float, end: float) -> dict[str, list[str]] | None:
-        for dumped_from, dumped_to, stacks in reversed(self._dumps):
-            if dumped_from < end and dumped_to > start:
-                return stacks
-        return None
 
     def _report(self, ended: _Ended) -> None:
         """Classify one stall that is over and log it (or the pause it really was)."""
@@ -747,61 +702,43 @@ class StallWatchdog:
         if ended.slow and cause is not Cause.GIL_WAIT:
             self._log_slow(ended)
             return
-        if not cause.blames_code:
-            self._report_unit_pause(ended, extra)
+        if cause is Cause.PAUSED:
+            # Unless the watchdog saw the same pause itself and has reported it.
+            if ended.ended > self._pause_reported_until + self.tick:
+                hint = "the process was paused or throttled; no code of this service is to blame"
+                self._log_pause(unit.kind, ended.duration, ended.duration, **extra, hint=hint)
             return
-        stack = self._stack_for(
-            unit, cause, ended.stack, (ended.started, self._history[-1].at), extra
-        )
+        seen_until = self._history[-1].at  # the snapshot just taken
+        stack = self._stack_for(unit, cause, ended.stack, (ended.started, seen_until), extra)
         request = ended.task
         peeked_at, peeked = self._peeked
-        if unit.kind == LOOP and not request and ended.started < peeked_at <= self._history[-1].at:
+        if unit.kind == LOOP and not request and ended.started < peeked_at <= seen_until:
             request = peeked  # seen by the watchdog at the stall's very end
         STALLS.labels(kind=unit.kind, cause=cause.value).inc()
         STALL_DURATION.labels(kind=unit.kind, cause=cause.value).observe(ended.duration)
         event = "event_loop_stalled" if unit.kind == LOOP else "handler_stalled"
-        blamed = extra.pop("culprit_elsewhere", None) or culprit(stack or [])
-        log.warning(
-            event,
-            kind=unit.kind,
-            name=unit.name,
-            cause=cause.value,
-            thread=thread_label(unit.thread_id),
-            duration=round(ended.duration, 3),
-            threshold=self.threshold,
-            stack_captured=stack is not None,
-            culprit=blamed,
-            stack=stack or [],
+        report: Fields = {
+            "kind": unit.kind,
+            "name": unit.name,
+            "cause": cause.value,
+            "thread": thread_label(unit.thread_id),
+            "duration": round(ended.duration, 3),
+            "threshold": self.threshold,
+            "stack_captured": stack is not None,
+            "culprit": extra.pop("culprit_elsewhere", None) or culprit(stack or []),
+            "stack": stack or [],
             **extra,
             **request,
-        )
-        traceparent = request.get("traceparent")
-        spans.record_stall(
-            event,
-            started=ended.ended - ended.duration,
-            ended=ended.ended,
-            traceparent=traceparent if isinstance(traceparent, str) else None,
-            kind=unit.kind,
-            name=unit.name,
-            cause=cause.value,
-            culprit=str(blamed) if blamed else None,
-            stack=stack or [],
-        )
+        }
+        log.warning(event, **report)
+        spans.record_stall(event, ended.ended - ended.duration, ended.ended, report)
 
-    def _report_unit_pause(self, ended: _Ended, extra: Fields) -> None:
-        if ended.ended <= self._pause_reported_until + self.tick:
-            return  # the watchdog saw the same pause itself and has reported it
-        unit = ended.unit
-        STALLS.labels(kind=unit.kind, cause=Cause.PAUSED.value).inc()
-        STALL_DURATION.labels(kind=unit.kind, cause=Cause.PAUSED.value).observe(ended.duration)
-        log.warning(
-            "process_paused",
-            kind=unit.kind,
-            cause=Cause.PAUSED.value,
-            duration=round(ended.duration, 3),
-            **extra,
-            hint="the process was paused or throttled; no code of this service is to blame",
-        )
+    def _log_pause(self, kind: str, duration: float, counted: float, **fields: object) -> None:
+        """Count a pause of ``counted`` seconds and log it as ``process_paused``."""
+        cause = Cause.PAUSED.value
+        STALLS.labels(kind=kind, cause=cause).inc()
+        STALL_DURATION.labels(kind=kind, cause=cause).observe(counted)
+        log.warning("process_paused", kind=kind, cause=cause, duration=round(duration, 3), **fields)
 
 
 class _Watched:
@@ -823,14 +760,11 @@ class _Watched:
 
 
 class _Own:
-    """The watchdog thread's own scheduler counts, read once per tick.
-
-    A thread waiting for the GIL wakes up every switch interval to ask for it; one waiting for
-    a CPU is counted by the kernel as queued. Both mean the process ran. After SIGSTOP (or a
-    frozen container) neither counter moved: only then is the watchdog's lateness a pause.
-    Other threads' counters cannot say this: on a crowded machine many threads queue for a
-    CPU after the process resumes, and summed up they would hide the pause.
-    """
+    """The watchdog thread's own scheduler counts, read once per tick. A thread waiting for
+    the GIL wakes up every switch interval to ask for it; one waiting for a CPU is counted as
+    queued: both mean the process ran. After SIGSTOP (or a frozen container) neither moved: only
+    then is the watchdog's lateness a pause. Other threads' counters cannot say this: on a
+    crowded machine many queue for a CPU once the process resumes, and would hide the pause."""
 
     def __init__(self, stat: KernelFile | None) -> None:
         self._stat = stat
@@ -857,8 +791,7 @@ def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> flo
 
 def _overlap(gap: _Gap, start: float, end: float) -> float:
     """Seconds of ``gap``'s lateness that fall between ``start`` and ``end``."""
-    late_from = gap.end - gap.late
-    return max(0.0, min(gap.end, end) - max(late_from, start))
+    return max(0.0, min(gap.end, end) - max(gap.end - gap.late, start))
 
 
 def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
@@ -894,11 +827,9 @@ def _busiest_other(
 
 @contextmanager
 def waiting() -> Iterator[None]:
-    """Mark the current sync handler as waiting, not stalled, for the duration of the block.
-
-    A handler blocked on offloaded work is doing its job: its stall clock stops while it waits
-    and starts again from zero afterwards. Outside a watched handler this does nothing.
-    """
+    """Mark the current sync handler as waiting for offloaded work, not stalled, during the
+    block: its stall clock stops, and starts again from zero afterwards. Outside a watched
+    handler this does nothing."""
     watch: tuple[StallWatchdog, _Unit] | None = getattr(_current, "watch", None)
     if watch is None:
         yield
