@@ -141,9 +141,8 @@ class _RequestScope:
         if self.caller_trace is None or self.caller_trace:
             if self.caller_trace:
                 self._attached = otel_context.attach(propagate.extract(self.caller_trace))
-            # Without a span there is nothing to propagate: the propagators are not asked.
             span = trace.get_current_span().get_span_context()
-            traceparent = trace_headers().get("traceparent") if span.is_valid else None
+            traceparent = _traceparent_of(span) if span.is_valid else None
         self._tokens = (
             _request_id.set(self.request_id),
             _traceparent.set(traceparent),
@@ -158,6 +157,11 @@ class _RequestScope:
         _request_id.reset(request_id)
         if self._attached is not None:
             otel_context.detach(self._attached)
+
+
+def _traceparent_of(span: trace.SpanContext) -> str:
+    """The W3C ``traceparent`` of ``span``, whichever propagators are configured."""
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
 
 
 class _Scope:

@@ -728,8 +728,9 @@ class StallWatchdog:
             "culprit": extra.pop("culprit_elsewhere", None) or culprit(stack or []),
             "stack": stack or [],
             **extra,
-            **request,
         }
+        # Then the request's fields (its id, trace, the handler's own): the report's win.
+        report.update((key, value) for key, value in request.items() if key not in report)
         log.warning(event, **report)
         spans.record_stall(event, ended.ended - ended.duration, ended.ended, report)
 
