@@ -42,16 +42,19 @@ def classify(evidence: Evidence) -> Cause:
     cpu = evidence.thread_cpu
     if evidence.paused >= wall / 2 and (cpu is None or cpu < evidence.threshold):
         return Cause.PAUSED
-    if evidence.gc >= wall / 2:
-        return Cause.GC
-    if cpu is None:
-        return Cause.UNKNOWN
-    runnable = max(wall - evidence.paused, 1e-9)
     # On a crowded machine a busy thread spends much of its time waiting for a CPU; that
     # counts once the thread has also really run (a thread waking up from a wait queues too,
     # but uses next to no CPU each time). A thread waiting for the GIL sleeps: it neither runs
     # nor queues.
-    queued = evidence.thread_queued if cpu >= evidence.threshold / 10 else 0.0
+    queued = evidence.thread_queued if cpu is not None and cpu >= evidence.threshold / 10 else 0.0
+    # Time in the run queue is no code's doing: a stall that was mostly a collection once that
+    # is left out was the collection's (a crowded machine can keep the thread waiting for a CPU
+    # after a collection for longer than the collection lasted).
+    if evidence.gc >= max(evidence.threshold, wall - queued) / 2:
+        return Cause.GC
+    if cpu is None:
+        return Cause.UNKNOWN
+    runnable = max(wall - evidence.paused, 1e-9)
     gil_held = evidence.gil_starved >= runnable / 2  # the watchdog was kept from the GIL
     if cpu + queued >= runnable / 2:
         return Cause.C_CODE if gil_held else Cause.PYTHON
