@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 
 from .errors import OffloadRejected
 from .job import Job
@@ -68,11 +67,9 @@ class Admission:
             self.changed.notify()
 
     def next_job(self) -> tuple[Job | None, list[Job]]:
-        """Block until a call is worth starting and mark it running.
-
-        Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
-        starting them (then ask again); ``(None, [])`` when the pool is closing. Failing a call
-        that is too late costs nothing, starting it would cost a worker killed at the deadline.
+        """Block until a call is worth starting and mark it running: ``(job, [])`` to run it,
+        ``(None, too_late)`` for calls to fail unstarted (then ask again; starting them would
+        cost a worker killed at the deadline), ``(None, [])`` when the pool is closing.
         """
         too_late: list[Job] = []
         with self.lock:
@@ -100,10 +97,7 @@ class Admission:
 
     def _too_late(self, job: Job, now: float) -> bool:
         """Whether ``job``'s request has less time left than the floor, or than its function's
-        fastest recent run. Only what is certain: how long the calls ahead of it will take is
-        not known (the same function may take milliseconds or seconds, depending on its input),
-        so a call is not refused for the queue it joins; the queue's own bound and time limit
-        keep that wait short.
+        fastest recent run. Not the queue ahead: its wait is not known (docs/runtime/offloading.md).
         """
         if job.deadline is None:
             return False
@@ -155,10 +149,8 @@ class Admission:
             for job in self._running
             if job.stop_reason is None and job.run_deadline and job.run_deadline <= now
         ]
-        upcoming: Iterable[float | None] = (
-            *(job.queue_deadline for job in self._queue),
-            *(job.run_deadline for job in self._running if job.stop_reason is None),
-        )
+        upcoming = [job.queue_deadline for job in self._queue]
+        upcoming += [job.run_deadline for job in self._running if job.stop_reason is None]
         deadlines = [t for t in upcoming if t is not None and t > now]
         return expired_queued, overdue_running, min(deadlines, default=None)
 

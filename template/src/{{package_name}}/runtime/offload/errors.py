@@ -35,9 +35,6 @@ class WorkAborted(OffloadError):  # noqa: N818
 class RemoteTraceback(Exception):  # noqa: N818 - only carries text, as in concurrent.futures
     """The traceback of an exception raised in a worker process (set as its ``__cause__``)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
 
 def contained(error: BaseException, label: str) -> BaseException:
     """``error`` as the caller should see it: anything that is not an ``Exception`` is wrapped."""

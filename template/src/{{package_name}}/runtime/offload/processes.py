@@ -2,8 +2,7 @@
 
 Each worker has its own pipe, so a worker that dies (killed, segfault, ``os._exit``) fails only
 the call it held. Killing the worker is also how a running call is stopped when its caller goes
-away or its time runs out: running Python code cannot be interrupted any other way. Workers are
-started with forkserver (spawn where there is none), never fork.
+away or its time runs out: running Python code cannot be interrupted any other way.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import signal
 import threading
 import time
 from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from ..logging import get_logger
@@ -63,7 +63,7 @@ class ProcessWorker:
         self._index = index
         self._mp = mp_context
         self._lock = threading.Lock()  # guards ``current`` against a concurrent stop()
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self.current: Job | None = None
         self.thread = threading.Thread(
@@ -111,9 +111,9 @@ class ProcessWorker:
                 self._process.kill()
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
         if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
             self._process.join(5.0)
         if self._conn is not None:
             self._conn.close()
@@ -183,9 +183,7 @@ class ProcessWorker:
                 return None, payload, None
         return self._ended(process, job)
 
-    def _ended(
-        self, process: multiprocessing.process.BaseProcess, job: Job
-    ) -> tuple[None, BaseException, str]:
+    def _ended(self, process: BaseProcess, job: Job) -> tuple[None, BaseException, str]:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
         self.kill()
@@ -212,7 +210,6 @@ class ProcessWorker:
 
 
 def start_process_workers(pool: Offloader) -> list[ProcessWorker]:
-    """Start every worker process and wait until each has answered (readiness waits for this)."""
     mp_context = process_context()
     workers = [ProcessWorker(pool, index, mp_context) for index in range(pool.workers)]
     try:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import signal
 import sys
 import traceback
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import context, tracing
@@ -60,9 +60,7 @@ def release_forkserver_pipe() -> None:
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
-def worker_main(
-    conn: multiprocessing.connection.Connection, log_level: str, log_format: str, nice: int
-) -> None:
+def worker_main(conn: Connection, log_level: str, log_format: str, nice: int) -> None:
     """The loop of a worker process."""
     release_forkserver_pipe()
     die_with_parent()
@@ -84,7 +82,7 @@ def worker_main(
         flush_logs()
 
 
-def _serve(conn: multiprocessing.connection.Connection) -> None:
+def _serve(conn: Connection) -> None:
     while True:
         try:
             message = conn.recv()
@@ -112,10 +110,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
 
 
 def _reply(
-    conn: multiprocessing.connection.Connection,
-    status: str,
-    payload: Any,
-    raised: BaseException | None = None,
+    conn: Connection, status: str, payload: Any, raised: BaseException | None = None
 ) -> None:
     remote_tb = ""
     if isinstance(payload, BaseException):
