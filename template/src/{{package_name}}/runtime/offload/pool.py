@@ -63,8 +63,7 @@ class Offloader:
         self.workers = workers
         self.timeout = timeout
         self.queue_timeout = queue_timeout
-        self.worker_nice = worker_nice
-        self.log_config = (log_level, log_format)
+        self.worker_args = (log_level, log_format, worker_nice)  # for worker_process.worker_main
         self.admission = Admission(workers, queue_size, min_remaining)
         self._threads: list[threading.Thread] = []
         self._processes: list[ProcessWorker] = []
@@ -93,11 +92,11 @@ class Offloader:
     @property
     def running(self) -> int:
         """Worker slots busy now (abandoned threads included)."""
-        return self.admission.running
+        return len(self.admission.running)
 
     @property
     def queued(self) -> int:
-        return self.admission.queued
+        return len(self.admission.queue)
 
     def start(self) -> None:
         """Start every worker and wait until each has answered (readiness waits for this)."""
@@ -113,8 +112,8 @@ class Offloader:
         metrics.RUN_LIMIT.labels(**labels).set(self.timeout or 0)
         # The gauges of what changes are read when scraped: never stale, nothing to update.
         metrics.OLDEST_RUNNING.labels(**labels).set_function(self.admission.oldest_running_age)
-        metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.admission.running)
-        metrics.QUEUED.labels(**labels).set_function(lambda: self.admission.queued)
+        metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.running)
+        metrics.QUEUED.labels(**labels).set_function(lambda: self.queued)
         metrics.ABANDONED_THREADS.labels(**labels).set_function(lambda: self.abandoned)
         with self.admission.lock:
             self.admission.accepting = True
@@ -212,8 +211,8 @@ class Offloader:
         log.warning(
             "offload_saturated",
             executor=self.executor,
-            running=self.admission.running,
-            queued=self.admission.queued,
+            running=self.running,
+            queued=self.queued,
             abandoned_threads=self.abandoned or None,
             oldest_running_seconds=round(self.admission.oldest_running_age(), 3),
         )

@@ -78,7 +78,7 @@ class ProcessWorker:
         parent_end, child_end = self._mp.Pipe(duplex=True)
         process = self._mp.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_end, *self._pool.log_config, self._pool.worker_nice),
+            args=(child_end, *self._pool.worker_args),
             name=f"offload-worker-{self._index}",
             daemon=True,
         )
@@ -104,10 +104,10 @@ class ProcessWorker:
         self.kill()
         raise RuntimeError(f"offload worker {self._index} {problem} while starting")
 
-    def stop(self, job: Job) -> None:
-        """Kill the worker if it is still running ``job``; the feeder reports and replaces it."""
+    def stop(self, job: Job | None = None) -> None:
+        """Kill the worker if it runs ``job`` (``None``: any call); the feeder then replaces it."""
         with self._lock:
-            if self.current is job and self._process is not None:
+            if (job is None or self.current is job) and self._process is not None:
                 self._process.kill()
 
     def kill(self) -> None:
@@ -190,10 +190,9 @@ class ProcessWorker:
         reason = job.stop_reason or ("shutdown" if self._pool.admission.closed else "crash")
         record_killed(job, process.pid, reason)
         if job.stop_reason is not None:
-            return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
-        if self._pool.admission.closed:
-            error = WorkerCrashed(f"the service shut down before {job.label} finished")
-            return None, error, "shutdown"
+            return None, self._pool.report_stopped(job, pid=process.pid), reason
+        if reason == "shutdown":
+            return None, WorkerCrashed(f"the service shut down before {job.label} finished"), reason
         description = exit_description(process.exitcode)
         log.error(
             "offload_worker_crashed",
@@ -231,8 +230,6 @@ def stop_process_workers(workers: list[ProcessWorker], deadline: float) -> None:
     for worker in workers:
         worker.thread.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
-        with worker._lock:
-            if worker._process is not None and worker._process.is_alive():
-                worker._process.kill()
+        worker.stop()
     for worker in workers:
         worker.thread.join(5.0)

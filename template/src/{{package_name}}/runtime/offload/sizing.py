@@ -79,9 +79,7 @@ def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) 
     """
     cpus = affinity_cpus()
     quota = quota_cpus(root, proc_cgroup)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return cpus
+    return cpus if quota is None else min(cpus, max(1, math.ceil(quota)))
 
 
 def default_workers(executor: str) -> int:
