@@ -26,9 +26,8 @@ class WorkerCrashed(OffloadError):  # noqa: N818
 
 
 class WorkAborted(OffloadError):  # noqa: N818
-    """The function raised SystemExit, KeyboardInterrupt or GeneratorExit.
-
-    Raised in a request handler, those would stop the whole server; only this call fails.
+    """The function raised SystemExit, KeyboardInterrupt or GeneratorExit, which would stop the
+    whole server if raised in a request handler; only this call fails.
     """
 
 

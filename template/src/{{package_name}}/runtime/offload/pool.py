@@ -189,11 +189,10 @@ class Offloader:
             deadline=deadline,
             queue_deadline=min(queue_limits) if queue_limits else None,
             run_limit=self.timeout,
+            context=contextvars.copy_context() if self.executor == "thread" else None,
             values=context.snapshot(),
             submitted=now,
         )
-        if self.executor == "thread":
-            job.context = contextvars.copy_context()
         try:
             self.admission.admit(job)
         except OffloadRejected:
