@@ -1,10 +1,9 @@
 """Cancelling blocking callers' calls: the synchronous counterpart of task cancellation.
 
-A thread blocked in ``offload_sync`` cannot be cancelled, so the transport runs each request in
-a scope that is cancelled when the client goes away: ``with cancel_scope(context.add_callback):``
-(gRPC's termination callbacks). The scope asks for the callback only when the request first
-offloads a call: most requests offload nothing, and registering it takes a lock that grpcio's
-own thread also takes.
+A thread blocked in ``offload_sync`` cannot be cancelled: the transport runs each request in a
+``cancel_scope(context.add_callback)``, cancelled when the client goes away. The callback is
+registered at the request's first offloaded call only: most requests offload nothing, and
+registering takes a lock that grpcio's own thread also takes.
 """
 
 from __future__ import annotations

@@ -76,7 +76,6 @@ class Offloader:
 
     @classmethod
     def from_settings(cls, settings: RuntimeSettings) -> Offloader:
-        """The pool the service's settings describe."""
         return cls(
             settings.offload_executor,
             workers=settings.offload_workers,

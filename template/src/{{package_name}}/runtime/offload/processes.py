@@ -90,12 +90,9 @@ class ProcessWorker:
         assert self._process is not None
         assert self._conn is not None
         ready = multiprocessing.connection.wait([self._conn, self._process.sentinel], timeout)
-        if self._conn in ready:
-            try:
-                if self._conn.recv() == "ready":
-                    return
-            except (EOFError, OSError):
-                pass
+        with contextlib.suppress(EOFError, OSError):
+            if self._conn in ready and self._conn.recv() == "ready":
+                return
         if self._process.is_alive():
             problem = f"did not answer within {timeout} s"
         else:
