@@ -187,9 +187,10 @@ class ProcessWorker:
         reason = job.stop_reason or ("shutdown" if self._pool.admission.closed else "crash")
         record_killed(job, process.pid, reason)
         if job.stop_reason is not None:
-            return None, self._pool.report_stopped(job, pid=process.pid), reason
-        if reason == "shutdown":
-            return None, WorkerCrashed(f"the service shut down before {job.label} finished"), reason
+            return None, self._pool.report_stopped(job, pid=process.pid), job.stop_reason
+        if self._pool.admission.closed:
+            error = WorkerCrashed(f"the service shut down before {job.label} finished")
+            return None, error, "shutdown"
         description = exit_description(process.exitcode)
         log.error(
             "offload_worker_crashed",
