@@ -1,7 +1,4 @@
-"""Run blocking or CPU-bound work away from the request path: ``await offload(fn, *args)``.
-
-One bounded pool per service (:mod:`.pool`), of threads or of worker processes.
-"""
+"""Run blocking or CPU-bound work in the service's one bounded pool of threads or processes."""
 
 from .cancellation import CancelScope, cancel_scope
 from .errors import (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 
 from .errors import OffloadRejected
 from .job import Job
@@ -31,20 +30,12 @@ class Admission:
         self.lock = threading.Lock()
         self.job_ready = threading.Condition(self.lock)  # workers wait here
         self.changed = threading.Condition(self.lock)  # the deadline keeper waits here
-        self._queue: deque[Job] = deque()
-        self._running: set[Job] = set()
+        self.queue: deque[Job] = deque()  # read without the lock only to count
+        self.running: set[Job] = set()
         self._recent: dict[str, deque[float]] = {}
         self.admitted = 0
         self.accepting = False
         self.closed = False
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     def admit(self, job: Job) -> None:
         """Queue ``job``, or raise :class:`OffloadRejected` at once if there is no place."""
@@ -63,47 +54,42 @@ class Admission:
                     "even if it started now"
                 )
             self.admitted += 1
-            self._queue.append(job)
+            self.queue.append(job)
             self.job_ready.notify()
             self.changed.notify()
 
     def next_job(self) -> tuple[Job | None, list[Job]]:
-        """Block until a call is worth starting and mark it running.
-
-        Returns ``(job, [])`` to run ``job``; ``(None, too_late)`` for calls to fail without
-        starting them (then ask again); ``(None, [])`` when the pool is closing. Failing a call
-        that is too late costs nothing, starting it would cost a worker killed at the deadline.
+        """Block until a call is worth starting and mark it running: ``(job, [])`` to run it,
+        ``(None, too_late)`` for calls to fail unstarted (then ask again; starting them would
+        cost a worker killed at the deadline), ``(None, [])`` when the pool is closing.
         """
         too_late: list[Job] = []
         with self.lock:
             while True:
-                while not self._queue and not self.closed and not too_late:
+                while not self.queue and not self.closed and not too_late:
                     self.job_ready.wait()
-                if not self._queue:
+                if not self.queue:
                     return None, too_late
-                job = self._queue.popleft()
+                job = self.queue.popleft()
                 now = time.monotonic()
                 if self._too_late(job, now):
                     self.admitted -= 1
                     too_late.append(job)
                     continue
                 if too_late:  # fail those first; this one goes back to the front
-                    self._queue.appendleft(job)
+                    self.queue.appendleft(job)
                     return None, too_late
                 if not job.future.set_running_or_notify_cancel():
                     self.admitted -= 1  # cancelled while queued: nothing to run
                     continue
                 job.start(now)
-                self._running.add(job)
+                self.running.add(job)
                 self.changed.notify()
                 return job, too_late
 
     def _too_late(self, job: Job, now: float) -> bool:
         """Whether ``job``'s request has less time left than the floor, or than its function's
-        fastest recent run. Only what is certain: how long the calls ahead of it will take is
-        not known (the same function may take milliseconds or seconds, depending on its input),
-        so a call is not refused for the queue it joins; the queue's own bound and time limit
-        keep that wait short.
+        fastest recent run. Not the queue ahead: its wait is not known (docs/runtime/offloading.md).
         """
         if job.deadline is None:
             return False
@@ -114,7 +100,7 @@ class Admission:
         """Remove a call that is still queued; ``False`` if it has started (or is gone)."""
         with self.lock:
             try:
-                self._queue.remove(job)
+                self.queue.remove(job)
             except ValueError:
                 return False
             self.admitted -= 1
@@ -123,7 +109,7 @@ class Admission:
     def finish(self, job: Job, *, succeeded: bool) -> None:
         """The worker that ran ``job`` is free again."""
         with self.lock:
-            self._running.discard(job)
+            self.running.discard(job)
             self.admitted -= 1
             if succeeded and job.started is not None:
                 recent = self._recent.setdefault(job.label, deque(maxlen=_RECENT_RUNS))
@@ -135,8 +121,8 @@ class Admission:
         with self.lock:
             self.accepting = False
             self.closed = True
-            dropped = list(self._queue)
-            self._queue.clear()
+            dropped = list(self.queue)
+            self.queue.clear()
             self.admitted -= len(dropped)
             self.job_ready.notify_all()
             self.changed.notify_all()
@@ -146,24 +132,22 @@ class Admission:
         """Queued calls past their queue deadline (removed), running calls past their run
         deadline, and when the next deadline falls. Call with the lock held.
         """
-        expired_queued = [j for j in self._queue if j.queue_deadline and j.queue_deadline <= now]
+        expired_queued = [j for j in self.queue if j.queue_deadline and j.queue_deadline <= now]
         for job in expired_queued:
-            self._queue.remove(job)
+            self.queue.remove(job)
             self.admitted -= 1
         overdue_running = [
             job
-            for job in self._running
+            for job in self.running
             if job.stop_reason is None and job.run_deadline and job.run_deadline <= now
         ]
-        upcoming: Iterable[float | None] = (
-            *(job.queue_deadline for job in self._queue),
-            *(job.run_deadline for job in self._running if job.stop_reason is None),
-        )
+        upcoming = [job.queue_deadline for job in self.queue]
+        upcoming += [job.run_deadline for job in self.running if job.stop_reason is None]
         deadlines = [t for t in upcoming if t is not None and t > now]
         return expired_queued, overdue_running, min(deadlines, default=None)
 
     def oldest_running_age(self) -> float:
         """Seconds the longest-running call has been running (0 when none runs)."""
         with self.lock:
-            starts = [job.started for job in self._running if job.started is not None]
+            starts = [job.started for job in self.running if job.started is not None]
         return time.monotonic() - min(starts) if starts else 0.0

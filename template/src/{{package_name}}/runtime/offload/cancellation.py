@@ -1,14 +1,9 @@
 """Cancelling blocking callers' calls: the synchronous counterpart of task cancellation.
 
-An ``await offload(...)`` is stopped by cancelling its task. A thread blocked in
-``offload_sync`` cannot be cancelled, so the transport opens a scope per request, and the scope
-is cancelled when the client goes away. gRPC's termination callbacks do it::
-
-    with cancel_scope(context.add_callback):
-        return handler(request, context)
-
-The scope asks for the callback only when the request first offloads a call: most requests
-offload nothing, and registering it takes a lock that grpcio's own thread also takes.
+A thread blocked in ``offload_sync`` cannot be cancelled: the transport runs each request in a
+``cancel_scope(context.add_callback)``, cancelled when the client goes away. The callback is
+registered at the request's first offloaded call only: most requests offload nothing, and
+registering takes a lock that grpcio's own thread also takes.
 """
 
 from __future__ import annotations
@@ -26,13 +21,11 @@ if TYPE_CHECKING:
 OnEnd = Callable[[Callable[[], None]], bool]
 
 _scope: ContextVar[CancelScope | None] = ContextVar("offload_cancel_scope", default=None)
+current_scope = _scope.get
 
 
 class CancelScope:
-    """The offloaded calls a request is waiting for; :meth:`cancel` stops them all.
-
-    Entered (``with``), it is the scope of the calls made in the block, on this thread.
-    """
+    """The calls offloaded in its ``with`` block, on this thread; :meth:`cancel` stops them all."""
 
     def __init__(self, on_end: OnEnd | None = None) -> None:
         self._on_end = on_end
@@ -74,11 +67,5 @@ class CancelScope:
 
 
 def cancel_scope(on_end: OnEnd | None = None) -> CancelScope:
-    """A scope for the calls made in the block (see the module docstring); ``on_end``
-    registers its :meth:`~CancelScope.cancel` for when the request ends, at the first call.
-    """
+    """A scope for the block's calls; the first one gives ``on_end`` the scope's ``cancel``."""
     return CancelScope(on_end)
-
-
-def current_scope() -> CancelScope | None:
-    return _scope.get()

@@ -26,17 +26,13 @@ class WorkerCrashed(OffloadError):  # noqa: N818
 
 
 class WorkAborted(OffloadError):  # noqa: N818
-    """The function raised SystemExit, KeyboardInterrupt or GeneratorExit.
-
-    Raised in a request handler, those would stop the whole server; only this call fails.
+    """The function raised SystemExit, KeyboardInterrupt or GeneratorExit, which would stop the
+    whole server if raised in a request handler; only this call fails.
     """
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - only carries text, as in concurrent.futures
     """The traceback of an exception raised in a worker process (set as its ``__cause__``)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 def contained(error: BaseException, label: str) -> BaseException:

@@ -21,10 +21,8 @@ def label_of(fn: Callable[..., Any]) -> str:
 
 @dataclass(eq=False)
 class Job:
-    """A call accepted by the pool. Its future is the caller's; the slot is the pool's.
-
-    The two end separately: a thread that timed out has answered its caller but still holds
-    its worker until the function returns, and admission counts it until then.
+    """A call accepted by the pool. Its future is the caller's; its slot, the pool's, is held
+    until its worker is free again, which for an abandoned thread is later (:mod:`.admission`).
     """
 
     fn: Callable[..., Any] | None
@@ -72,8 +70,6 @@ class Job:
         self.settle(error=error)
 
     def request_values(self) -> dict[str, str]:
-        """The request id and traceparent, where set, for log lines about this call (not the
-        caller's baggage: it is the caller's to log).
-        """
+        """The request id and traceparent, where set, for log lines (baggage is the caller's)."""
         logged = ("request_id", "traceparent")
         return {key: value for key in logged if (value := self.values.get(key)) is not None}

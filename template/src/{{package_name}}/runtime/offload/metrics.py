@@ -1,7 +1,6 @@
 """The offload pool's Prometheus metrics (``docs/runtime/offloading.md`` explains the alerts).
 
-Every series carries ``executor`` (``thread`` or ``process``), so a dashboard can tell the kinds
-apart when a service changes executor between deployments.
+Every series carries ``executor``: a dashboard can tell the kinds apart across deployments.
 """
 
 from __future__ import annotations

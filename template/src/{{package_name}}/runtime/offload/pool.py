@@ -1,16 +1,9 @@
 """The offload pool: admission, deadlines, cancellation and shutdown around one executor.
 
-Every call gets three limits, each enforced by the pool rather than by the waiting caller:
-
-* **queue time** (``queue_timeout``): a call still waiting for a worker then is dropped;
-* **run time** (``timeout``): counted from the moment a worker starts it, never from submission,
-  so time spent queued does not eat into it;
-* **the request's deadline** (:func:`..context.current_deadline`, set by the transport): a call
-  with less time left than ``min_remaining`` (or than the function usually takes) fails without
-  being started, and a started call is stopped at the deadline.
-
-Stopping a call means killing its worker process (and starting a new one) or, for threads,
-answering the caller and abandoning the thread. The same happens when the caller goes away.
+The pool, not the waiting caller, enforces each call's queue time, run time (counted from its
+start, so time queued does not eat into it) and request deadline: docs/runtime/offloading.md.
+Stopping a call kills its worker process (a new one replaces it) or, for threads, answers the
+caller and abandons the thread. The same happens when the caller goes away.
 """
 
 from __future__ import annotations
@@ -19,8 +12,7 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .. import context
@@ -71,8 +63,7 @@ class Offloader:
         self.workers = workers
         self.timeout = timeout
         self.queue_timeout = queue_timeout
-        self.worker_nice = worker_nice
-        self.log_config = (log_level, log_format)
+        self.worker_args = (log_level, log_format, worker_nice)  # for worker_process.worker_main
         self.admission = Admission(workers, queue_size, min_remaining)
         self._threads: list[threading.Thread] = []
         self._processes: list[ProcessWorker] = []
@@ -85,7 +76,6 @@ class Offloader:
 
     @classmethod
     def from_settings(cls, settings: RuntimeSettings) -> Offloader:
-        """The pool the service's settings describe."""
         return cls(
             settings.offload_executor,
             workers=settings.offload_workers,
@@ -101,11 +91,11 @@ class Offloader:
     @property
     def running(self) -> int:
         """Worker slots busy now (abandoned threads included)."""
-        return self.admission.running
+        return len(self.admission.running)
 
     @property
     def queued(self) -> int:
-        return self.admission.queued
+        return len(self.admission.queue)
 
     def start(self) -> None:
         """Start every worker and wait until each has answered (readiness waits for this)."""
@@ -121,8 +111,8 @@ class Offloader:
         metrics.RUN_LIMIT.labels(**labels).set(self.timeout or 0)
         # The gauges of what changes are read when scraped: never stale, nothing to update.
         metrics.OLDEST_RUNNING.labels(**labels).set_function(self.admission.oldest_running_age)
-        metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.admission.running)
-        metrics.QUEUED.labels(**labels).set_function(lambda: self.admission.queued)
+        metrics.IN_FLIGHT.labels(**labels).set_function(lambda: self.running)
+        metrics.QUEUED.labels(**labels).set_function(lambda: self.queued)
         metrics.ABANDONED_THREADS.labels(**labels).set_function(lambda: self.abandoned)
         with self.admission.lock:
             self.admission.accepting = True
@@ -158,10 +148,7 @@ class Offloader:
         )
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` in a worker and await its result.
-
-        If the awaiting task is cancelled, the call is dropped (queued) or stopped (running).
-        """
+        """Await ``fn(*args, **kwargs)`` in a worker; cancelling the task drops or stops it."""
         job = self._submit(fn, args, kwargs)
         try:
             return cast(T, await asyncio.wrap_future(job.future))
@@ -170,10 +157,7 @@ class Offloader:
             raise
 
     def run_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Blocking :meth:`run`, for synchronous code (gRPC sync handlers).
-
-        Inside :func:`.cancellation.cancel_scope`, cancelling the scope stops the call.
-        """
+        """Blocking :meth:`run` (gRPC sync handlers); cancelling a :func:`cancel_scope` stops it."""
         job = self._submit(fn, args, kwargs)
         scope = current_scope()
         if scope is not None:
@@ -185,9 +169,7 @@ class Offloader:
             if scope is not None:
                 scope.untrack(job)
 
-    def _submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Job:
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
         label = label_of(fn)
         now = time.monotonic()
         deadline = context.current_deadline()
@@ -201,16 +183,15 @@ class Offloader:
         job = Job(
             fn,
             args,
-            dict(kwargs),
+            kwargs,  # a fresh dict: ``**kwargs`` made it for this call
             label,
             deadline=deadline,
             queue_deadline=min(queue_limits) if queue_limits else None,
             run_limit=self.timeout,
+            context=contextvars.copy_context() if self.executor == "thread" else None,
             values=context.snapshot(),
             submitted=now,
         )
-        if self.executor == "thread":
-            job.context = contextvars.copy_context()
         try:
             self.admission.admit(job)
         except OffloadRejected:
@@ -228,14 +209,25 @@ class Offloader:
         log.warning(
             "offload_saturated",
             executor=self.executor,
-            running=self.admission.running,
-            queued=self.admission.queued,
+            running=self.running,
+            queued=self.queued,
             abandoned_threads=self.abandoned or None,
             oldest_running_seconds=round(self.admission.oldest_running_age(), 3),
         )
 
     def _observe(self, job: Job) -> None:
-        outcome = _outcome(job.future)
+        if job.future.cancelled():
+            outcome = "cancelled"
+        elif (error := job.future.exception()) is None:
+            outcome = "ok"
+        elif isinstance(error, WorkerCrashed):
+            outcome = "crashed"
+        elif isinstance(error, OffloadTimeout):
+            outcome = "timeout"
+        elif isinstance(error, OffloadCancelled | OffloadRejected):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
         metrics.DURATION.labels(executor=self.executor, outcome=outcome).observe(
             time.monotonic() - job.submitted
         )
@@ -340,18 +332,3 @@ class Offloader:
                 **job.request_values(),
             )
         job.settle(result, error)
-
-
-def _outcome(future: Future[Any]) -> str:
-    if future.cancelled():
-        return "cancelled"
-    error = future.exception()
-    if error is None:
-        return "ok"
-    if isinstance(error, WorkerCrashed):
-        return "crashed"
-    if isinstance(error, OffloadTimeout):
-        return "timeout"
-    if isinstance(error, OffloadCancelled | OffloadRejected):
-        return "cancelled"
-    return "error"

@@ -2,8 +2,7 @@
 
 Each worker has its own pipe, so a worker that dies (killed, segfault, ``os._exit``) fails only
 the call it held. Killing the worker is also how a running call is stopped when its caller goes
-away or its time runs out: running Python code cannot be interrupted any other way. Workers are
-started with forkserver (spawn where there is none), never fork.
+away or its time runs out: running Python code cannot be interrupted any other way.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import signal
 import threading
 import time
 from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from ..logging import get_logger
@@ -63,7 +63,7 @@ class ProcessWorker:
         self._index = index
         self._mp = mp_context
         self._lock = threading.Lock()  # guards ``current`` against a concurrent stop()
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self.current: Job | None = None
         self.thread = threading.Thread(
@@ -78,7 +78,7 @@ class ProcessWorker:
         parent_end, child_end = self._mp.Pipe(duplex=True)
         process = self._mp.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_end, *self._pool.log_config, self._pool.worker_nice),
+            args=(child_end, *self._pool.worker_args),
             name=f"offload-worker-{self._index}",
             daemon=True,
         )
@@ -90,12 +90,9 @@ class ProcessWorker:
         assert self._process is not None
         assert self._conn is not None
         ready = multiprocessing.connection.wait([self._conn, self._process.sentinel], timeout)
-        if self._conn in ready:
-            try:
-                if self._conn.recv() == "ready":
-                    return
-            except (EOFError, OSError):
-                pass
+        with contextlib.suppress(EOFError, OSError):
+            if self._conn in ready and self._conn.recv() == "ready":
+                return
         if self._process.is_alive():
             problem = f"did not answer within {timeout} s"
         else:
@@ -104,16 +101,16 @@ class ProcessWorker:
         self.kill()
         raise RuntimeError(f"offload worker {self._index} {problem} while starting")
 
-    def stop(self, job: Job) -> None:
-        """Kill the worker if it is still running ``job``; the feeder reports and replaces it."""
+    def stop(self, job: Job | None = None) -> None:
+        """Kill the worker if it runs ``job`` (``None``: any call); the feeder then replaces it."""
         with self._lock:
-            if self.current is job and self._process is not None:
+            if (job is None or self.current is job) and self._process is not None:
                 self._process.kill()
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
         if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
             self._process.join(5.0)
         if self._conn is not None:
             self._conn.close()
@@ -183,9 +180,7 @@ class ProcessWorker:
                 return None, payload, None
         return self._ended(process, job)
 
-    def _ended(
-        self, process: multiprocessing.process.BaseProcess, job: Job
-    ) -> tuple[None, BaseException, str]:
+    def _ended(self, process: BaseProcess, job: Job) -> tuple[None, BaseException, str]:
         """The worker died while running ``job``: killed by us on purpose, or crashed."""
         process.join(1.0)
         self.kill()
@@ -212,7 +207,6 @@ class ProcessWorker:
 
 
 def start_process_workers(pool: Offloader) -> list[ProcessWorker]:
-    """Start every worker process and wait until each has answered (readiness waits for this)."""
     mp_context = process_context()
     workers = [ProcessWorker(pool, index, mp_context) for index in range(pool.workers)]
     try:
@@ -234,8 +228,6 @@ def stop_process_workers(workers: list[ProcessWorker], deadline: float) -> None:
     for worker in workers:
         worker.thread.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
-        with worker._lock:
-            if worker._process is not None and worker._process.is_alive():
-                worker._process.kill()
+        worker.stop()
     for worker in workers:
         worker.thread.join(5.0)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
-from .pool import Offloader
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from .pool import Offloader, P, T
 
 _installed: Offloader | None = None
 

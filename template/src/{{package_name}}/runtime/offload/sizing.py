@@ -1,10 +1,7 @@
 """How many workers fit: the CPUs this process may really use, and the pool's default size.
 
-``os.cpu_count()`` is the host's count and the affinity mask ignores CPU quotas: a container
-limited to 2 CPUs on a 64-core node sees 64 in both. The quota lives in the cgroup: ``cpu.max``
-(cgroup v2: ``"<quota> <period>"`` or ``"max <period>"``) or ``cpu.cfs_quota_us`` and
-``cpu.cfs_period_us`` (cgroup v1, quota ``-1`` for none), on this process's cgroup or any of its
-ancestors.
+``os.cpu_count()`` and the affinity mask ignore CPU quotas: a container limited to 2 CPUs on a
+64-core node sees 64 in both. The quota lives in this process's cgroup or one of its ancestors.
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ def _quotas(mount: Path, path: str, read: Callable[[Path], float | None]) -> lis
 
 
 def _v2_quota(directory: Path) -> float | None:
+    """``cpu.max``: ``"<quota> <period>"``, or ``"max <period>"`` for none."""
     try:
         quota, period = (directory / "cpu.max").read_text().split()[:2]
     except (OSError, ValueError):
@@ -64,6 +62,7 @@ def _v2_quota(directory: Path) -> float | None:
 
 
 def _v1_quota(directory: Path) -> float | None:
+    """``cpu.cfs_quota_us`` (``-1`` for none) and ``cpu.cfs_period_us``."""
     try:
         quota = int((directory / "cpu.cfs_quota_us").read_text())
         period = int((directory / "cpu.cfs_period_us").read_text())
@@ -80,18 +79,12 @@ def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) 
     """
     cpus = affinity_cpus()
     quota = quota_cpus(root, proc_cgroup)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return cpus
+    return cpus if quota is None else min(cpus, max(1, math.ceil(quota)))
 
 
 def default_workers(executor: str) -> int:
-    """The pool's default size: for worker processes, one per usable CPU but one, which the
-    event loop keeps (and at least one); for threads, which share the loop's interpreter, one
-    per usable CPU.
-
-    Niced workers alone do not protect the loop on a small machine: with a worker on every
-    CPU, the loop shares its CPU with one and light requests slow down (docs/benchmarks.md).
+    """One worker process per usable CPU but the event loop's (at least one): niced workers
+    alone do not protect the loop on a small machine (docs/benchmarks.md). One thread per CPU.
     """
     cpus = usable_cpus()
     return max(1, cpus - 1) if executor == "process" else cpus

@@ -1,12 +1,8 @@
 """The span of one offloaded call, a child of the span that offloaded it.
 
-It starts when the call was submitted and ends when it returns, in the worker thread or worker
-process that ran it (so its resource names that process's ``process.pid``). The event
-``offload.started`` marks the end of the wait for a free worker: before it the call was queued,
-after it, running; ``offload.queue_wait_ms`` says the same as a number.
-
-A worker process killed mid-call cannot end its span: the parent ends one in its place, with an
-error status that says why (:func:`record_killed`).
+It runs from submission to return, in the worker that ran the call; its event
+``offload.started`` ends the wait for a free worker. A worker process killed mid-call cannot
+end its span: the parent ends one in its place (:func:`record_killed`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """The thread executor: worker threads that run each call in a copy of its caller's context.
 
-A thread cannot be killed. When its caller goes away or its time runs out, the caller is
-answered at once and the thread is *abandoned*: it runs on until the function returns, still
-holding its place in the pool (admission counts it), and ``offload_abandoned_threads`` shows it.
+A thread cannot be killed: a call stopped by the pool runs on, abandoned, until it returns.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ if TYPE_CHECKING:
 
 
 def start_worker_threads(pool: Offloader) -> list[threading.Thread]:
+    # Daemons: a call stuck past the shutdown grace cannot keep the process from exiting.
     threads = [
         threading.Thread(target=serve, args=(pool,), name=f"offload-thread-{index}", daemon=True)
         for index in range(pool.workers)
@@ -28,9 +27,7 @@ def start_worker_threads(pool: Offloader) -> list[threading.Thread]:
 
 
 def serve(pool: Offloader) -> None:
-    """Run calls until the pool closes. The service's threads are daemons: a call stuck past
-    the shutdown grace cannot keep the process from exiting.
-    """
+    """Run calls until the pool closes."""
     while (job := pool.next_job()) is not None:
         assert job.fn is not None
         assert job.context is not None

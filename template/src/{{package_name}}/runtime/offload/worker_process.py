@@ -1,24 +1,20 @@
 """The child's side of a worker process: receive a call, run it in its request context, reply.
 
-The protocol over each worker's own pipe is three messages:
-
-* parent -> worker: ``(fn, args, kwargs, request_values, submitted_ns)`` to run a call (the
-  request id and trace context; the wall-clock time the call was submitted), ``None`` to exit;
-* worker -> parent: ``"ready"`` once, after start-up;
-* worker -> parent: ``(status, payload, remote_traceback)`` per call, ``status`` being ``"ok"``
-  (``payload`` is the result) or ``"error"`` (``payload`` is the exception).
+Over its own pipe, the parent sends ``(fn, args, kwargs, request_values, submitted_ns)`` per
+call, ``None`` to stop it; the worker answers ``"ready"`` once started, then per call
+``(status, payload, remote_traceback)``: ``"ok"`` and the result, or ``"error"`` and the exception.
 """
 
 from __future__ import annotations
 
 import ctypes
 import faulthandler
-import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import signal
 import sys
 import traceback
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import context, tracing
@@ -31,10 +27,8 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so a killed service leaves no
-    worker behind (busy in C code, a worker would never notice its pipe closing).
-
-    The parent is the forkserver, which exits as soon as the service is gone.
+    """Ask Linux to SIGKILL this process when its parent (the forkserver, which exits when the
+    service is gone) dies: busy in C code, a worker would never notice its pipe closing.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -47,11 +41,9 @@ def die_with_parent() -> None:
 
 
 def release_forkserver_pipe() -> None:
-    """Close this worker's copy of the pipe that tells the forkserver the service is gone.
-
-    The forkserver exits when every copy of that pipe's write end is closed, and it hands a
-    copy to each child it forks. A worker that kept it would keep the forkserver alive after
-    the service died, and so, through :func:`die_with_parent`, itself.
+    """Close this worker's copy of the pipe that tells the forkserver the service is gone (the
+    forkserver hands one to each child): kept, it would keep the forkserver alive after the
+    service died, and so this worker (:func:`die_with_parent`).
     """
     server = getattr(multiprocessing.forkserver, "_forkserver", None)
     fd = getattr(server, "_forkserver_alive_fd", None)
@@ -60,9 +52,7 @@ def release_forkserver_pipe() -> None:
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
-def worker_main(
-    conn: multiprocessing.connection.Connection, log_level: str, log_format: str, nice: int
-) -> None:
+def worker_main(conn: Connection, log_level: str, log_format: str, nice: int) -> None:
     """The loop of a worker process."""
     release_forkserver_pipe()
     die_with_parent()
@@ -84,7 +74,7 @@ def worker_main(
         flush_logs()
 
 
-def _serve(conn: multiprocessing.connection.Connection) -> None:
+def _serve(conn: Connection) -> None:
     while True:
         try:
             message = conn.recv()
@@ -112,10 +102,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
 
 
 def _reply(
-    conn: multiprocessing.connection.Connection,
-    status: str,
-    payload: Any,
-    raised: BaseException | None = None,
+    conn: Connection, status: str, payload: Any, raised: BaseException | None = None
 ) -> None:
     remote_tb = ""
     if isinstance(payload, BaseException):
