@@ -137,10 +137,10 @@ class _RequestScope:
         self._tokens: tuple[Token[str | None], Token[str | None], Token[float | None] | None]
 
     def __enter__(self) -> None:
+        if self.caller_trace:
+            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
         traceparent = None
-        if self.caller_trace is None or self.caller_trace:
-            if self.caller_trace:
-                self._attached = otel_context.attach(propagate.extract(self.caller_trace))
+        if self.caller_trace != {}:  # {}: no caller's trace, and no instrumentation's span
             span = trace.get_current_span().get_span_context()
             traceparent = _traceparent_of(span) if span.is_valid else None
         self._tokens = (

@@ -153,7 +153,7 @@ def request_exemplar() -> dict[str, str] | None:
     ``traceparent`` bound with the request (``runtime.context.bind``) in one context lookup,
     where OpenTelemetry takes several. The transports use it for every request they measure.
     """
-    traceparent = current_traceparent()  # "00-<trace id>-<span id>-<flags>", as injected
+    traceparent = current_traceparent()  # "00-<trace id>-<span id>-<flags>"
     if traceparent is None or not int(traceparent[-2:], 16) & trace.TraceFlags.SAMPLED:
         return None
     return {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
