@@ -6,7 +6,7 @@ server's default, or grpc.aio) as subprocesses on free ports, then, REPEAT times
 calls ``Ping`` on each: CALLS times one after the other (microseconds per call), and CALLS times
 with CONCURRENCY calls in flight on one grpc.aio channel (calls per second). It prints the medians,
 the ratio bare / generated, and cProfile's view of a third, profiled generated server during the
-same calls: the functions with the most time of their own, and the request handling's functions by
+same calls: the functions with the most time of their own, and the interceptor's functions by
 cumulative time.
 
 Run it with a generated gRPC project's interpreter (``transport`` grpc or grpc_aio)::

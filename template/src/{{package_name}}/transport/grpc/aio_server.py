@@ -27,9 +27,8 @@ from ...runtime.lifecycle import Runtime, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
 from .admission import Admission
-from .aio_handlers import AioHandling, tracing_interceptor
 from .aio_health import AioHealth
-from .handlers import registering
+from .aio_interceptors import RequestInterceptor, tracing_interceptor
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .rpc import AccessLog
@@ -51,13 +50,15 @@ async def serve(settings: GrpcSettings) -> int:
     warm_up = asyncio.wrap_future(in_thread(runtime.start))
     exporting = tracing.will_export()  # spans only if someone receives them
     server = grpc.aio.server(
-        interceptors=[tracing_interceptor()] if exporting else None,
+        interceptors=[
+            *([tracing_interceptor()] if exporting else []),
+            RequestInterceptor(
+                Admission(settings.max_concurrent_rpcs),
+                continue_traces=not exporting,
+                access_log=AccessLog.following(settings),
+            ),
+        ],
         options=settings.server_options(),
-    )
-    handling = AioHandling(
-        Admission(settings.max_concurrent_rpcs),
-        continue_traces=not exporting,
-        access_log=AccessLog.following(settings),
     )
     health = AioHealth([])
     metrics: WSGIServer | None = None
@@ -65,8 +66,7 @@ async def serve(settings: GrpcSettings) -> int:
     async with contextlib.AsyncExitStack() as resources:
         try:
             services = api.add_services(
-                registering(server, handling.wrap),
-                await resources.enter_async_context(lifespan(settings)),
+                server, await resources.enter_async_context(lifespan(settings))
             )
             health = AioHealth(services)
             health.add_to(server)

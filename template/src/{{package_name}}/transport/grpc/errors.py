@@ -38,7 +38,7 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     """``deserializer``, but garbage gives :data:`UNDECODABLE` instead of an exception.
 
     grpcio answers a request it cannot parse with INTERNAL, which reads like a server bug and
-    counts against error budgets; the request handling answers INVALID_ARGUMENT instead.
+    counts against error budgets; the interceptors answer INVALID_ARGUMENT instead.
     """
     if deserializer is None:
         return None

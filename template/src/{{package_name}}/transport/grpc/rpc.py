@@ -1,6 +1,6 @@
 """What both gRPC servers record about each RPC: request id, access log line, metrics.
 
-The request handling (``handlers.py``) starts an :class:`RpcRecord` when an application
+The interceptor core (``interceptor.py``) starts an :class:`RpcRecord` when an application
 RPC starts, runs the handler inside it (``with record:``) and :meth:`RpcRecord.finish`-es it
 with the final status. Health checks and reflection are infrastructure, polled every few
 seconds: they get no record, no log line and no metrics.
@@ -21,17 +21,22 @@ from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
 
 REQUEST_ID_KEY = "x-request-id"
-UNTRACED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+UNOBSERVED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 # gRPC reports "no deadline" as a deadline centuries away.
 NO_DEADLINE = 10**8
 
 log = RequestLogger("access")
 
 
+def is_observed(method: str) -> bool:
+    """Whether RPCs of ``method`` (``/package.Service/Method``) are logged and measured."""
+    return not method.startswith(UNOBSERVED_SERVICES)
+
+
 def is_traced(details: grpc.HandlerCallDetails) -> bool:
-    """Whether RPCs like ``details`` get a server span: application RPCs, not health checks or
-    reflection (polled every few seconds)."""
-    return not details.method.startswith(UNTRACED_SERVICES)
+    """Whether RPCs like ``details`` get a server span: the observed ones (not health checks or
+    reflection, polled every few seconds)."""
+    return is_observed(details.method)
 
 
 def _read(

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -26,14 +29,15 @@ from ...runtime import tracing
 from ...runtime.lifecycle import Runtime, in_thread
 from ...runtime.logging import configure_logging, get_logger
 from ...runtime.settings import load_settings
-from .admission import Admission, AdmittedThreads
-from .handlers import registering
+from .admission import Admission
 from .listening import listen, serve_metrics
 from .reflection import enable_reflection
 from .rpc import AccessLog
 from .settings import GrpcSettings
-from .sync_handlers import SyncHandling, on_own_threads, tracing_interceptor
 from .sync_health import SyncHealth
+from .sync_interceptors import RequestInterceptor, tracing_interceptor
+
+T = TypeVar("T")
 
 log = get_logger(__name__)
 
@@ -49,28 +53,32 @@ def serve(settings: GrpcSettings) -> int:
     runtime = Runtime(settings)
     runtime.signals.install()
     warm_up = in_thread(runtime.start)
-    handlers = AdmittedThreads(Admission(settings.max_concurrent_rpcs), settings.handler_threads)
+    admission = Admission(settings.max_concurrent_rpcs)
+    handlers = AdmittedThreads(admission, settings.handler_threads)
     exporting = tracing.will_export()  # spans only if someone receives them
     server = grpc.server(
         handlers,
-        interceptors=[tracing_interceptor()] if exporting else None,
+        interceptors=[
+            *([tracing_interceptor()] if exporting else []),
+            RequestInterceptor(
+                admission,
+                runtime.watchdog,
+                continue_traces=not exporting,
+                access_log=AccessLog.following(settings),
+            ),
+        ],
         options=settings.server_options(),
-    )
-    handling = SyncHandling(
-        runtime.watchdog, continue_traces=not exporting, access_log=AccessLog.following(settings)
     )
     health = SyncHealth([])
     metrics: WSGIServer | None = None
     status = 0
     with contextlib.ExitStack() as resources:
         try:
-            services = api.add_services(
-                registering(server, handling.wrap), resources.enter_context(lifespan(settings))
-            )
+            services = api.add_services(server, resources.enter_context(lifespan(settings)))
             health = SyncHealth(services)
             health.add_to(server)
-            if settings.reflection:  # on threads of its own, like health checks
-                enable_reflection(registering(server, on_own_threads("grpc-reflection")), services)
+            if settings.reflection:
+                enable_reflection(server, services)
             metrics = serve_metrics(settings.host, settings.metrics_port)
             target = listen(server, settings.host, settings.port)
             server.start()
@@ -123,3 +131,26 @@ def _check_handler_threads(settings: GrpcSettings) -> None:
             consequence="RPCs waiting for the offload pool can hold every handler thread, "
             "and light RPCs then wait behind them",
         )
+
+
+class AdmittedThreads(ThreadPoolExecutor):
+    """The thread-pool server's handler threads: each job ends an admitted RPC's place.
+
+    The interceptor takes the place when grpcio asks it for the handler; grpcio then always
+    submits exactly one job here for that RPC, even when the client has gone away meanwhile,
+    so the place is given back whatever happens to the call. Health checks and reflection run
+    on threads of their own and are not counted.
+    """
+
+    def __init__(self, admission: Admission, threads: int) -> None:
+        super().__init__(threads, thread_name_prefix="grpc-handler")
+        self.admission = admission
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(self._then_leave, fn, *args, **kwargs)
+
+    def _then_leave(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.admission.leave()

@@ -1,9 +1,11 @@
-"""The thread-pool server's handling: the core's sequence (``handlers.py``) on threads.
+"""The thread-pool server's interceptor: the core's sequence (``interceptor.py``) on threads.
 
-The wrapper runs on a handler thread, or on a refusing one past the admission limit
-(``admission.py``). Unary RPCs are also watched by the stall watchdog, which logs the thread's
-stack if the handler runs longer than the stall threshold. A stream that waits between messages
-is not stalled, so streams are not watched.
+grpcio calls ``intercept_service`` on its polling thread, so it only decides: an RPC past the
+admission limit gets a handler that refuses it on a thread of its own, reflection runs on
+threads of its own (like health checks, see ``health.py``), and an application RPC gets its
+handler rebuilt. The wrapper then runs on a handler thread; unary RPCs are also watched by the
+stall watchdog, which logs the thread's stack if the handler runs longer than the stall
+threshold. A stream that waits between messages is not stalled, so streams are not watched.
 
 A handler thread blocked in ``offload_sync`` cannot be interrupted: when the RPC ends early
 (cancelled, deadline), gRPC's termination callback cancels the request's ``cancel_scope``
@@ -20,28 +22,49 @@ import grpc
 
 from ...runtime.offload import cancel_scope
 from ...runtime.stall import StallWatchdog
-from .admission import REJECTED, is_refused
+from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
-from .handlers import RequestHandling, deadline_passed
-from .rpc import AccessLog, RpcRecord, is_traced
+from .interceptor import InterceptorCore, deadline_passed
+from .rpc import AccessLog, RpcRecord, is_observed, is_traced
 from .sync_health import OnOwnThreads
 
 if TYPE_CHECKING:
-    from .handlers import Handler, Wrap
+    from .interceptor import Handler
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-class SyncHandling(RequestHandling):
+class RequestInterceptor(InterceptorCore, grpc.ServerInterceptor):
     def __init__(
         self,
+        admission: Admission,
         watchdog: StallWatchdog,
         *,
         continue_traces: bool = False,
         access_log: AccessLog | None = None,
     ) -> None:
-        super().__init__(continue_traces=continue_traces, access_log=access_log)
+        super().__init__(admission, continue_traces=continue_traces, access_log=access_log)
         self._watchdog = watchdog
+        self._own_threads = ThreadPoolExecutor(2, thread_name_prefix="grpc-infra")
+        self._refuse: Handler = grpc.unary_unary_rpc_method_handler(
+            OnOwnThreads(_refuse, self._own_threads)
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return None  # grpcio answers UNIMPLEMENTED
+        if is_observed(method) and not self.admission.try_enter():  # AdmittedThreads gives back
+            return self._refuse
+        return self.rebuilt(handler, method)
+
+    def infrastructure(self, handler: Handler) -> Handler:
+        return _on_threads(handler, self._own_threads)
 
     def handle(self, behavior: Behavior, method: str, *, streamed: bool) -> Behavior:
         if streamed:
@@ -50,8 +73,6 @@ class SyncHandling(RequestHandling):
         watch_handler = self._watchdog.watch_handler
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            if is_refused():
-                _refuse(context)
             record = begin(method, context)
             with record, cancel_scope(context.add_callback):
                 if request is UNDECODABLE:
@@ -68,8 +89,6 @@ class SyncHandling(RequestHandling):
 
     def _streaming(self, behavior: Behavior, method: str) -> Behavior:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            if is_refused():
-                _refuse(context)
             record = self.begin(method, context)
             context.send_initial_metadata(record.response_metadata)  # before the first message
             with record, cancel_scope(context.add_callback):
@@ -84,23 +103,19 @@ class SyncHandling(RequestHandling):
         return handle
 
 
-def _refuse(context: grpc.ServicerContext) -> NoReturn:
+def _refuse(_request: Any, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REJECTED)
 
 
-def on_own_threads(name: str) -> Wrap:
-    """A wrapping for :func:`handlers.registering` that runs handlers on two threads of their
-    own rather than the handler threads: for reflection, which answers while those are busy."""
-    pool = ThreadPoolExecutor(2, thread_name_prefix=name)
-    kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-
-    def on_own_threads(handler: Handler, _method: str) -> Handler:
-        behaviors = {kind: getattr(handler, kind) for kind in kinds}
-        return handler._replace(  # type: ignore[attr-defined, no-any-return]
-            **{kind: OnOwnThreads(b, pool) for kind, b in behaviors.items() if b is not None}
-        )
-
-    return on_own_threads
+def _on_threads(handler: Handler, pool: ThreadPoolExecutor) -> Handler:
+    """``handler`` run on ``pool`` rather than the handler threads (unless it chose already)."""
+    fields = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+    behaviors = {name: getattr(handler, name) for name in fields}
+    if any(hasattr(b, "experimental_thread_pool") for b in behaviors.values()):
+        return handler  # health checks: on threads of their own already
+    return handler._replace(  # type: ignore[attr-defined, no-any-return]
+        **{name: OnOwnThreads(b, pool) for name, b in behaviors.items() if b is not None}
+    )
 
 
 def _fail(record: RpcRecord, context: grpc.ServicerContext, error: Exception) -> NoReturn:

@@ -1,4 +1,4 @@
-"""The asyncio server's handling: the core's sequence (``handlers.py``) as coroutines.
+"""The asyncio server's interceptor: the core's sequence (``interceptor.py``) as coroutines.
 
 Each RPC runs as its own asyncio task. Stalls are watched for the whole event loop
 (``StallWatchdog.watch_loop``), not per RPC.
@@ -14,26 +14,29 @@ from typing import Any, NoReturn
 import grpc
 from grpc import StatusCode
 
-from .admission import REJECTED, Admission
+from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
-from .handlers import RequestHandling, deadline_passed
-from .rpc import AccessLog, RpcRecord, is_traced
+from .interceptor import InterceptorCore, deadline_passed
+from .rpc import RpcRecord, is_traced
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class AioHandling(RequestHandling):
-    def __init__(
+class RequestInterceptor(InterceptorCore, grpc.aio.ServerInterceptor):
+    async def intercept_service(
         self,
-        admission: Admission,
-        *,
-        continue_traces: bool = False,
-        access_log: AccessLog | None = None,
-    ) -> None:
-        super().__init__(continue_traces=continue_traces, access_log=access_log)
-        self.admission = admission
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return None  # grpcio answers UNIMPLEMENTED
+        return self.rebuilt(handler, method)
 
     def handle(self, behavior: Any, method: str, *, streamed: bool) -> Any:
         # grpc.aio reuses grpc.RpcMethodHandler, whose types describe synchronous behaviours;
