@@ -15,7 +15,10 @@ Run it with a generated gRPC project's interpreter (``transport`` grpc or grpc_a
         build/seed-load-test/grpc
 
 The client runs in this process, on the same CPUs as the server: nothing is subtracted, the two
-servers are compared under the same client. The servers' logs go to /dev/null, so the access
+servers are compared under the same client. With ``--pin`` both servers run on the first CPU
+and the client on the others: a server then competes with its own threads only, and the
+rounds' ratios spread far less on a shared machine (a server confined to one CPU, as in a
+container limited to one). The servers' logs go to /dev/null, so the access
 log is formatted and written, but not shown. Python 3.12's profiler sees every thread, so the
 sync server's handler threads and its polling thread are in the profile too.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import importlib
 import io
@@ -51,6 +55,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="both servers on the first CPU, the client on the others: steadier ratios",
+    )
     args = parser.parse_args()
     project = args.project.resolve()
     transport = answer(project, "transport")
@@ -66,6 +75,11 @@ def main() -> int:
     }
     with _bare(project, package, flavour) as bare, _generated(project, package) as generated:
         servers = {"bare": bare, "generated": generated}
+        if args.pin:
+            for server in servers.values():
+                assert server.process is not None
+                _pin(server.process.pid, {0})
+            os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
         for server in servers.values():
             client.sequential(server.port, 200)  # type: ignore[attr-defined]  # warm-up
         for _ in range(args.repeat):
@@ -83,6 +97,13 @@ def main() -> int:
     if not args.no_profile:
         _profile(project, package, flavour, client, args)
     return 0
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus``; threads it starts later inherit that."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            os.sched_setaffinity(int(thread), cpus)
 
 
 class Client:

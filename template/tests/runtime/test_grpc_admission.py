@@ -26,7 +26,9 @@ WATCHES = 20
 def test_a_saturated_server_still_answers_health_liveness_and_reflection(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
-    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2)
+    # On the thread-pool server the slow RPCs take every handler thread too: a refusal must
+    # not wait for one.
+    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2, handler_threads=2)
     validate = f"{SERVICE}/Validate"
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
