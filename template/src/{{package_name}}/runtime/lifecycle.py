@@ -46,6 +46,12 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
+# A request allocates a few hundred objects, nearly all freed again by reference counting. At
+# CPython's default of 700, the collector ran about once a request, going through the objects
+# of every request in flight each time; at 10,000 it runs a fourteenth as often, each run a
+# fraction of a millisecond.
+YOUNG_COLLECTION_EVERY = 10_000
+
 
 class State(StrEnum):
     STARTING = "starting"
@@ -275,11 +281,13 @@ class Runtime:
         What start-up built (modules, the app, the resources) lives as long as the process:
         it is frozen out of the garbage collector's way, which otherwise goes through all of
         it in every full collection: one every few thousand requests under load, each a pause
-        of tens of milliseconds on the event loop.
+        of tens of milliseconds on the event loop. From then on the young generation is
+        collected every :data:`YOUNG_COLLECTION_EVERY` allocations instead of 700.
         """
         if self.signals.received.is_set() or not self.lifecycle.transition(State.SERVING):
             return False
         gc.freeze()
+        gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
         log.info("service_ready", pid=os.getpid())
         return True
 
