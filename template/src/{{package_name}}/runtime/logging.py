@@ -223,8 +223,10 @@ class Sample:
 
     The access logs use it for fast successful requests: a quiet service logs all of them, a
     busy one a bounded number of lines a second, whose cost no longer grows with its traffic.
-    ``skipped`` is called for each one left out, so a counter can account for them. Threads
-    may race on the count: a line more or less in a second is not worth a lock per request.
+    ``skipped`` is called for each one left out, so a counter can account for them. With no
+    allowance (``per_second=0``) the count runs on across seconds: one in ``every`` of all.
+    Threads may race on the count: a line more or less in a second is not worth a lock per
+    request.
     """
 
     def __init__(self, per_second: int, every: int, skipped: Callable[[], None]) -> None:
@@ -237,10 +239,11 @@ class Sample:
     def keep(self) -> bool:
         if self.every == 1:
             return True
-        second = int(time.monotonic())
-        if second != self._second:
-            self._second = second
-            self._seen = 0
+        if self.per_second:
+            second = int(time.monotonic())
+            if second != self._second:
+                self._second = second
+                self._seen = 0
         beyond = self._seen - self.per_second
         self._seen += 1
         if beyond < 0 or beyond % self.every == 0:
