@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from conftest import ServiceProcess, wait_until
 from grpc_support import (
     SERVICE,
+    THREADED,
     costly_validations,
     documents_pb2,
     documents_pb2_grpc,
@@ -27,8 +28,9 @@ def test_a_saturated_server_still_answers_health_liveness_and_reflection(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     # On the thread-pool server the slow RPCs take every handler thread too: a refusal must
-    # not wait for one.
-    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2, handler_threads=2)
+    # not wait for one. (grpc.aio has no handler threads.)
+    threads = {"handler_threads": 2} if THREADED else {}
+    service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2, **threads)
     validate = f"{SERVICE}/Validate"
     with service.channel() as channel:
         stub = documents_pb2_grpc.DocumentServiceStub(channel)
