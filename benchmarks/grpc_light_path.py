@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import importlib
 import io
@@ -40,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service import Service, answer, free_port, http_answers, project_python, settings_env
+from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,7 +77,7 @@ def main() -> int:
         if args.pin:
             for server in servers.values():
                 assert server.process is not None
-                _pin(server.process.pid, {0})
+                pin(server.process.pid, {0})
             os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
         for server in servers.values():
             client.sequential(server.port, 200)  # type: ignore[attr-defined]  # warm-up
@@ -97,13 +96,6 @@ def main() -> int:
     if not args.no_profile:
         _profile(project, package, flavour, client, args)
     return 0
-
-
-def _pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of process ``pid`` on ``cpus``; threads it starts later inherit that."""
-    for thread in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):  # a thread that has just ended
-            os.sched_setaffinity(int(thread), cpus)
 
 
 class Client:

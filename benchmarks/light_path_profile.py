@@ -19,7 +19,9 @@ With ``--wrk SECONDS`` it then measures the same over the network: both apps as 
 (uvicorn, uvloop, httptools; one offload worker each), one after the other, REPEAT rounds,
 each loaded by wrk on ``GET /v1/ping`` for SECONDS. It prints requests per second and the
 server's CPU time per request (medians of the rounds), and generated / bare for both (the
-median of the rounds' ratios). On a shared machine the CPU ratio is the steadier one.
+median of the rounds' ratios). On a shared machine the CPU ratio is the steadier one; with
+``--pin`` each server runs on the first CPU and wrk on the others, and the rounds' ratios
+spread less again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service import Service, answer, free_port, http_answers, project_python, settings_env
+from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +55,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--wrk", type=float, metavar="SECONDS", help="then measure over HTTP")
     parser.add_argument("--connections", type=int, default=96, help="wrk's connections")
+    parser.add_argument(
+        "--pin", action="store_true", help="with --wrk: each server on the first CPU, wrk elsewhere"
+    )
     args = parser.parse_args()
     package = answer(args.project, "package_name")
     os.environ.setdefault(f"{package.upper()}_OFFLOAD_WORKERS", "1")
@@ -97,14 +102,18 @@ def main() -> int:
 
     asyncio.run(run())
     if args.wrk:
-        _over_the_network(args.project, package, args.repeat, args.wrk, args.connections)
+        _over_the_network(
+            args.project, package, args.repeat, args.wrk, args.connections, pin_server=args.pin
+        )
     return 0
 
 
 def _over_the_network(
-    project: Path, package: str, repeat: int, seconds: float, connections: int
+    project: Path, package: str, repeat: int, seconds: float, connections: int, *, pin_server: bool
 ) -> None:
     python = project_python(project)
+    if pin_server:  # wrk, started from here, inherits the other CPUs
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
     runs: dict[str, list[tuple[float, float]]] = {"generated": [], "bare": []}
     for _ in range(repeat):
         for name, results in runs.items():
@@ -119,6 +128,8 @@ def _over_the_network(
             ready = functools.partial(http_answers, url)
             with Service(command, ready, env, cwd=project) as server:
                 assert server.process is not None
+                if pin_server:
+                    pin(server.process.pid, {0})
                 results.append(_wrk(url, seconds, connections, server.process.pid))
     for name, results in runs.items():
         rates = [rate for rate, _ in results]

@@ -11,8 +11,9 @@ repetitions of:
 * rejected: calls refused at once (``OffloadRejected``), timeouts (``OffloadTimeout``), and
   respawns (worker processes killed because a call ran out of time).
 
-The driver is the generated project's own test service (``tests/runtime/offload_service.py overload``),
-the same code the overload test runs briefly. Run it with a generated project::
+The driver is the generated project's own test service
+(``tests/runtime/offload_service.py overload``), the same code the overload test runs briefly.
+Run it with a generated project::
 
     copier copy --trust --defaults . /tmp/svc && (cd /tmp/svc && uv sync)
     python benchmarks/offload_overload.py /tmp/svc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -32,6 +33,13 @@ def free_port() -> int:
 
 def project_python(project: Path) -> str:
     return str(project / ".venv" / "bin" / "python")
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus``; threads it starts later inherit that."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            os.sched_setaffinity(int(thread), cpus)
 
 
 def settings_env(project: Path, **settings: object) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 The transports expose the registry (``/metrics`` over HTTP, or :func:`start_metrics_server`
 next to a gRPC server) and define their request metrics (``transport/*/metrics.py``) with
-:data:`REQUEST_BUCKETS` and :func:`trace_exemplar`; the rest is updated by the runtime itself.
+:class:`RequestHistogram` and :func:`request_exemplar`; the rest is updated by the runtime
+itself.
 ``docs/runtime/metrics.md`` explains each one and what to alert on.
 """
 
@@ -10,13 +11,21 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    Exemplar,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .context import current_traceparent
 
@@ -125,6 +134,66 @@ class LoopLagWindow(Collector):
 
 def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class RequestHistogram(Collector):
+    """The duration histogram of a transport's requests, in :data:`REQUEST_BUCKETS`: exposed as
+    prometheus_client's ``Histogram`` exposes it, at a fraction of its cost per request.
+
+    ``Histogram.observe`` takes two locks and walks the buckets in Python: under load, a
+    measurable part of a light request. Here each thread counts into rows of its own, found by
+    bisection: no lock, and no count lost to a race, since only that thread writes them. A
+    scrape sums the rows of every thread, those that have ended included.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._bounds: list[str] = [*map(floatToGoString, REQUEST_BUCKETS), "+Inf"]
+        self._local = threading.local()
+        self._tables: list[dict[tuple[str, ...], list[float]]] = []  # one per thread
+        self._adding = threading.Lock()  # when a thread observes for the first time
+        self._exemplars: dict[tuple[tuple[str, ...], int], Exemplar] = {}
+        REGISTRY.register(self)
+
+    def observe(
+        self, labels: tuple[str, ...], seconds: float, exemplar: dict[str, str] | None
+    ) -> None:
+        """One request of ``labels`` (values in the order of ``labelnames``) that took
+        ``seconds``; ``exemplar``: the labels that link its bucket to its trace."""
+        table: dict[tuple[str, ...], list[float]] | None = getattr(self._local, "table", None)
+        if table is None:
+            table = self._local.table = {}
+            with self._adding:
+                self._tables.append(table)
+        row = table.get(labels)
+        if row is None:
+            row = table[labels] = [0.0] * (len(REQUEST_BUCKETS) + 2)  # the buckets, +Inf, sum
+        bucket = bisect_left(REQUEST_BUCKETS, seconds)
+        row[bucket] += 1
+        row[-1] += seconds
+        if exemplar is not None:
+            self._exemplars[labels, bucket] = Exemplar(exemplar, seconds, time.time())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._adding:
+            tables = list(self._tables)
+        summed: dict[tuple[str, ...], list[float]] = {}
+        for table in tables:
+            for labels, row in list(table.items()):  # a copy: its thread may add a row meanwhile
+                into = summed.setdefault(labels, [0.0] * len(row))
+                for i, value in enumerate(row):
+                    into[i] += value
+        family = HistogramMetricFamily(
+            self.name, self.documentation, labels=self.labelnames, unit="seconds"
+        )
+        for labels, row in summed.items():
+            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+            counts = accumulate(row[:-1])
+            for i, (bound, count) in enumerate(zip(self._bounds, counts, strict=True)):
+                exemplar = self._exemplars.get((labels, i))
+                buckets.append((bound, count) if exemplar is None else (bound, count, exemplar))
+            family.add_metric(list(labels), buckets, sum_value=row[-1])
+        yield family
 
 
 LAG_WINDOW = LoopLagWindow()

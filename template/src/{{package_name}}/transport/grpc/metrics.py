@@ -14,18 +14,16 @@ from __future__ import annotations
 import threading
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
-from ...runtime.metrics import REQUEST_BUCKETS, request_exemplar
+from ...runtime.metrics import RequestHistogram, request_exemplar
 
 SYSTEM = "grpc"
 
-CALL_DURATION = Histogram(
+CALL_DURATION = RequestHistogram(
     "rpc_server_call_duration_seconds",
     "Duration of incoming RPCs.",
-    ["rpc_system_name", "rpc_method", "rpc_response_status_code", "error_type"],
-    unit="seconds",
-    buckets=REQUEST_BUCKETS,
+    ("rpc_system_name", "rpc_method", "rpc_response_status_code", "error_type"),
 )
 ACTIVE_CALLS = Gauge(
     "rpc_server_active_calls",
@@ -52,7 +50,7 @@ SERVER_ERRORS = frozenset(
 
 
 class MethodMetrics:
-    """The metrics of one RPC method, each child looked up once, then reused."""
+    """The metrics of one RPC method, the label values of each status made once, then reused."""
 
     def __init__(self, method: str) -> None:
         self.name = method.removeprefix("/")  # the path is "/package.Service/Method"
@@ -61,22 +59,17 @@ class MethodMetrics:
         self.active: set[object] = set()
         active = ACTIVE_CALLS.labels(rpc_system_name=SYSTEM, rpc_method=self.name)
         active.set_function(lambda: len(self.active))
-        self._durations: dict[grpc.StatusCode, Histogram] = {}
+        self._labels: dict[grpc.StatusCode, tuple[str, ...]] = {}
 
     def observe(self, code: grpc.StatusCode, seconds: float) -> None:
         """One call's duration and final status; with a sampled trace, the call's trace and
         span ids go with it as an exemplar.
         """
-        child = self._durations.get(code)
-        if child is None:
-            child = CALL_DURATION.labels(
-                rpc_system_name=SYSTEM,
-                rpc_method=self.name,
-                rpc_response_status_code=code.name,
-                error_type=code.name if code in SERVER_ERRORS else "",
-            )
-            self._durations[code] = child
-        child.observe(seconds, request_exemplar())
+        labels = self._labels.get(code)
+        if labels is None:
+            error_type = code.name if code in SERVER_ERRORS else ""
+            labels = self._labels[code] = (SYSTEM, self.name, code.name, error_type)
+        CALL_DURATION.observe(labels, seconds, request_exemplar())
 
 
 _methods: dict[str, MethodMetrics] = {}

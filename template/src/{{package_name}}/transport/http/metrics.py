@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
-from ...runtime.metrics import REQUEST_BUCKETS, request_exemplar
+from ...runtime.metrics import RequestHistogram, request_exemplar
 
-REQUEST_DURATION = Histogram(
+REQUEST_DURATION = RequestHistogram(
     "http_server_request_duration_seconds",
     "Duration of HTTP server requests.",
-    ["http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"],
-    unit="seconds",
-    buckets=REQUEST_BUCKETS,
+    ("http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"),
 )
 
 ACCESS_LOG_SKIPPED = Counter(
@@ -45,11 +43,11 @@ def known_methods() -> frozenset[str]:
 
 
 class RequestDurations:
-    """Observes request durations; each label set's child is looked up once, then reused."""
+    """Observes request durations; each request's label values are made once, then reused."""
 
     def __init__(self) -> None:
         self.methods = known_methods()
-        self._children: dict[tuple[str, str, int, str], Histogram] = {}
+        self._labels: dict[tuple[str, str, int, str], tuple[str, ...]] = {}
 
     def observe(self, method: str, route: str, status: int, scheme: str, seconds: float) -> None:
         """One request's duration; ``route`` is its route template ("" if none matched).
@@ -59,14 +57,8 @@ class RequestDurations:
         if method not in self.methods:
             method = "_OTHER"
         key = (method, route, status, scheme)
-        child = self._children.get(key)
-        if child is None:
-            child = REQUEST_DURATION.labels(
-                http_request_method=method,
-                http_route=route,
-                http_response_status_code=str(status),
-                url_scheme=scheme,
-                error_type=str(status) if status >= 500 else "",
-            )
-            self._children[key] = child
-        child.observe(seconds, request_exemplar())
+        labels = self._labels.get(key)
+        if labels is None:
+            error_type = str(status) if status >= 500 else ""
+            labels = self._labels[key] = (method, route, str(status), scheme, error_type)
+        REQUEST_DURATION.observe(labels, seconds, request_exemplar())
