@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +147,10 @@ class _Gap:
     end: float
     late: float
     paused: float  # of ``late``, seconds in which the process used no CPU at all
+    # Of ``late``, seconds the watchdog waited for the GIL: neither paused nor waiting for a CPU
+    # (on a crowded machine the watchdog queues for one like any thread, and no GIL holder is
+    # to blame for that).
+    held: float
 
 
 class StallWatchdog:
@@ -287,8 +291,7 @@ class StallWatchdog:
             return False
         if end - self._last_tick > self.tick + _NOTICEABLE_GAP:
             return True
-        starved = sum(_overlap(gap, start, end) for gap in list(self._gaps) if not gap.paused)
-        return starved > self.threshold
+        return _starved(list(self._gaps), start, end) > self.threshold
 
     def _log_slow(self, ended: _Ended) -> None:
         SLOW_HANDLERS.inc()
@@ -462,7 +465,7 @@ class StallWatchdog:
         self._ticks += 1
         # How long this thread waited for the GIL or for a CPU since the last tick: time in
         # which the process was not paused, whatever the other threads did.
-        waited = self._own.read()
+        waited, queued = self._own.read()
         if late > _NOTICEABLE_GAP or self._ticks % _FULL_EVERY == 0:
             # A late tick: a thread new since may hold the GIL.
             self._history.append(self._probes.take(full=True))
@@ -473,7 +476,7 @@ class StallWatchdog:
             # CPU: the process ran. Neither (and no CPU used) means it was paused.
             active = max(waited, used)
             paused = max(0.0, late - active) if active < late / 2 else 0.0
-            self._gaps.append(_Gap(now, late, paused))
+            self._gaps.append(_Gap(now, late, paused, max(0.0, late - paused - queued)))
             if paused > self.threshold:
                 self._report_watchdog_pause((previous_tick, now), used, paused)
             # faulthandler writes only after the watchdog missed ticks: a late tick.
@@ -597,7 +600,14 @@ class StallWatchdog:
         if counted is not None:
             queued_after[unit.thread_id] = counted.queued
             wakeups_after[unit.thread_id] = counted.wakeups
+        # The run-queue wait is read only in full snapshots, the latest of which may be ticks
+        # before the window: its share in the window is taken to be the share of the thread's
+        # CPU time since then that falls in the window (a thread that waits for a CPU has that
+        # much more to run). Else the queueing of busy work before a stall would count in it.
         queued = _delta(before_full.queued, queued_after, unit.thread_id)
+        ran = _delta(before_full.threads, after.threads, unit.thread_id)
+        if cpu is not None and ran > cpu:
+            queued *= cpu / ran
         # A handler blocked in a system call while another thread held the GIL was not delayed
         # by it: only one that kept asking for the GIL waited for it. (The loop is overdue, so
         # it wants to run: it is not asked.)
@@ -607,7 +617,7 @@ class StallWatchdog:
             gil_wait = woken * sys.getswitchinterval()
         withheld = _withheld(before_full, after)
         paused = sum(_overlap(gap, start, end) * gap.paused / gap.late for gap in self._gaps)
-        starved = sum(_overlap(gap, start, end) for gap in self._gaps if not gap.paused)
+        starved = _starved(self._gaps, start, end)
         seen = [s for s in self._history if s.at > before.at]  # a thread that has ended since
         holder, other_cpu = _busiest_other(
             (before, before_full), seen, {unit.thread_id, threading.get_ident()}
@@ -771,18 +781,20 @@ class _Own:
         self._stat = stat
         self._last: tuple[float, Scheduling] | None = None
 
-    def read(self) -> float:
-        """Seconds spent waiting for the GIL or a CPU (or running) since the last reading."""
+    def read(self) -> tuple[float, float]:
+        """Seconds spent waiting for the GIL or a CPU (or running) since the last reading, and
+        of those, waiting for a CPU."""
         reading = scheduling(self._stat) if self._stat is not None else None
         if reading is None:
-            return 0.0
+            return 0.0, 0.0
         cpu = time.thread_time()
         last, self._last = self._last, (cpu, reading)
         if last is None:
-            return 0.0
+            return 0.0, 0.0
         last_cpu, before = last
         asked = (reading.wakeups - before.wakeups) * sys.getswitchinterval()
-        return (cpu - last_cpu) + (reading.queued - before.queued) + asked
+        queued = reading.queued - before.queued
+        return (cpu - last_cpu) + queued + asked, queued
 
 
 def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> float:
@@ -793,6 +805,11 @@ def _delta(before: dict[int, float], after: dict[int, float], ident: int) -> flo
 def _overlap(gap: _Gap, start: float, end: float) -> float:
     """Seconds of ``gap``'s lateness that fall between ``start`` and ``end``."""
     return max(0.0, min(gap.end, end) - max(gap.end - gap.late, start))
+
+
+def _starved(gaps: Iterable[_Gap], start: float, end: float) -> float:
+    """Seconds between ``start`` and ``end`` in which the watchdog waited for the GIL."""
+    return sum(_overlap(gap, start, end) * gap.held / gap.late for gap in gaps)
 
 
 def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
