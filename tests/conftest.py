@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -166,6 +166,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # --- Shared, built-once fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The temporary directory of everything the tests start: a generated service a test
+    kills leaves its stall dump file there, not in the machine's /tmp."""
+    path = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")
