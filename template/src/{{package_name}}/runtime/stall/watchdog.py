@@ -17,9 +17,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from ..logging import get_logger
@@ -151,6 +152,10 @@ class _Gap:
     # (on a crowded machine the watchdog queues for one like any thread, and no GIL holder is
     # to blame for that).
     held: float
+
+
+_PAUSED: Callable[[_Gap], float] = attrgetter("paused")
+_HELD: Callable[[_Gap], float] = attrgetter("held")
 
 
 class StallWatchdog:
@@ -291,7 +296,7 @@ class StallWatchdog:
             return False
         if end - self._last_tick > self.tick + _NOTICEABLE_GAP:
             return True
-        return _starved(list(self._gaps), start, end) > self.threshold
+        return _within(list(self._gaps), start, end, _HELD) > self.threshold
 
     def _log_slow(self, ended: _Ended) -> None:
         SLOW_HANDLERS.inc()
@@ -616,8 +621,8 @@ class StallWatchdog:
             woken = _delta(before_full.wakeups, wakeups_after, unit.thread_id)
             gil_wait = woken * sys.getswitchinterval()
         withheld = _withheld(before_full, after)
-        paused = sum(_overlap(gap, start, end) * gap.paused / gap.late for gap in self._gaps)
-        starved = _starved(self._gaps, start, end)
+        paused = _within(self._gaps, start, end, _PAUSED)
+        starved = _within(self._gaps, start, end, _HELD)
         seen = [s for s in self._history if s.at > before.at]  # a thread that has ended since
         holder, other_cpu = _busiest_other(
             (before, before_full), seen, {unit.thread_id, threading.get_ident()}
@@ -807,9 +812,10 @@ def _overlap(gap: _Gap, start: float, end: float) -> float:
     return max(0.0, min(gap.end, end) - max(gap.end - gap.late, start))
 
 
-def _starved(gaps: Iterable[_Gap], start: float, end: float) -> float:
-    """Seconds between ``start`` and ``end`` in which the watchdog waited for the GIL."""
-    return sum(_overlap(gap, start, end) * gap.held / gap.late for gap in gaps)
+def _within(gaps: Iterable[_Gap], start: float, end: float, part: Callable[[_Gap], float]) -> float:
+    """Seconds of the gaps' ``part`` (paused, held) between ``start`` and ``end``, each gap's
+    part taken to be spread evenly over it."""
+    return sum(_overlap(gap, start, end) * part(gap) / gap.late for gap in gaps)
 
 
 def _withheld(before: Snapshot, after: Snapshot) -> dict[str, float]:
