@@ -37,8 +37,10 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import perf_samples
 from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +61,15 @@ def main() -> int:
         action="store_true",
         help="both servers on the first CPU, the client on the others: steadier ratios",
     )
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="also sample both servers with Linux perf while they are measured, and print "
+        "where their CPU went by Python function (perf_samples.py)",
+    )
     args = parser.parse_args()
+    if args.perf and (reason := perf_samples.unavailable()):
+        parser.error(f"--perf: {reason}")
     project = args.project.resolve()
     transport = answer(project, "transport")
     if transport not in ("grpc", "grpc_aio"):
@@ -72,7 +82,12 @@ def main() -> int:
     timings: dict[str, dict[str, list[float]]] = {
         name: {"sequential": [], "concurrent": [], "cpu": []} for name in ("bare", "generated")
     }
-    with _bare(project, package, flavour) as bare, _generated(project, package) as generated:
+    env = perf_samples.SERVER_ENV if args.perf else {}
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        _bare(project, package, flavour, env) as bare,
+        _generated(project, package, env=env) as generated,
+    ):
         servers = {"bare": bare, "generated": generated}
         if args.pin:
             for server in servers.values():
@@ -81,21 +96,39 @@ def main() -> int:
             os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
         for server in servers.values():
             client.sequential(server.port, 200)  # type: ignore[attr-defined]  # warm-up
-        for _ in range(args.repeat):
-            for name, server in servers.items():
-                port: int = server.port  # type: ignore[attr-defined]
-                assert server.process is not None
-                cpu = _cpu_seconds(server.process.pid)
-                timings[name]["sequential"].append(client.sequential(port, args.calls))
-                timings[name]["concurrent"].append(
-                    client.concurrent(port, args.calls, args.concurrency)
-                )
-                spent = _cpu_seconds(server.process.pid) - cpu
-                timings[name]["cpu"].append(spent / (2 * args.calls))
+        profile = perf_samples.SystemProfile(Path(directory))
+        with profile.recording() if args.perf else nullcontext():
+            _measure(client, servers, timings, args)
+        if args.perf:
+            pids = [{server.process.pid} for server in (generated, bare) if server.process]
+            print(f"--- perf: {2 * args.calls * args.repeat} Ping calls to each server ---")
+            counts = profile.by_function(*pids)
+            calls = 2 * args.calls * args.repeat
+            perf_samples.print_comparison(counts, ("generated", "bare"), args.top, (calls, calls))
     _table(timings, transport, args)
     if not args.no_profile:
         _profile(project, package, flavour, client, args)
     return 0
+
+
+def _measure(
+    client: Client,
+    servers: dict[str, Service],
+    timings: dict[str, dict[str, list[float]]],
+    args: argparse.Namespace,
+) -> None:
+    """REPEAT rounds, the servers taking turns: calls one by one, then in flight."""
+    for _ in range(args.repeat):
+        for name, server in servers.items():
+            port: int = server.port  # type: ignore[attr-defined]
+            assert server.process is not None
+            cpu = _cpu_seconds(server.process.pid)
+            timings[name]["sequential"].append(client.sequential(port, args.calls))
+            timings[name]["concurrent"].append(
+                client.concurrent(port, args.calls, args.concurrency)
+            )
+            spent = _cpu_seconds(server.process.pid) - cpu
+            timings[name]["cpu"].append(spent / (2 * args.calls))
 
 
 class Client:
@@ -140,18 +173,21 @@ class Client:
         return asyncio.run(run())
 
 
-def _bare(project: Path, package: str, flavour: str) -> Service:
+def _bare(project: Path, package: str, flavour: str, env: dict[str, str]) -> Service:
     port, metrics_port = free_port(), free_port()
     command = [project_python(project), str(HERE / "bare" / "grpc_fix.py"), flavour, package,
                str(port), str(metrics_port)]  # fmt: skip
-    service = Service(command, lambda: http_answers(f"http://127.0.0.1:{metrics_port}/metrics"))
+    ready = f"http://127.0.0.1:{metrics_port}/metrics"
+    service = Service(command, lambda: http_answers(ready), {**os.environ, **env})
     service.port = port  # type: ignore[attr-defined]
     return service
 
 
-def _generated(project: Path, package: str, command: list[str] | None = None) -> Service:
+def _generated(
+    project: Path, package: str, command: list[str] | None = None, env: dict[str, str] | None = None
+) -> Service:
     port, metrics_port = free_port(), free_port()
-    env = settings_env(
+    settings = settings_env(
         project,
         host="127.0.0.1",
         port=port,
@@ -164,7 +200,7 @@ def _generated(project: Path, package: str, command: list[str] | None = None) ->
     service = Service(
         command or [project_python(project), "-m", package],
         lambda: http_answers(ready, "service_ready 1.0"),
-        env,
+        {**settings, **(env or {})},
         cwd=project,
     )
     service.port = port  # type: ignore[attr-defined]

@@ -38,10 +38,13 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import perf_samples
 from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +61,15 @@ def main() -> int:
     parser.add_argument(
         "--pin", action="store_true", help="with --wrk: each server on the first CPU, wrk elsewhere"
     )
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="with --wrk: also sample the servers with Linux perf, and print where their CPU "
+        "went by Python function (perf_samples.py)",
+    )
     args = parser.parse_args()
+    if args.perf and (reason := perf_samples.unavailable()):
+        parser.error(f"--perf: {reason}")
     package = answer(args.project, "package_name")
     os.environ.setdefault(f"{package.upper()}_OFFLOAD_WORKERS", "1")
     # The harness runs requests back to back: a stall report would be about the harness.
@@ -102,35 +113,23 @@ def main() -> int:
 
     asyncio.run(run())
     if args.wrk:
-        _over_the_network(
-            args.project, package, args.repeat, args.wrk, args.connections, pin_server=args.pin
-        )
+        _over_the_network(args, package)
     return 0
 
 
-def _over_the_network(
-    project: Path, package: str, repeat: int, seconds: float, connections: int, *, pin_server: bool
-) -> None:
-    python = project_python(project)
-    if pin_server:  # wrk, started from here, inherits the other CPUs
-        os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
+def _over_the_network(args: argparse.Namespace, package: str) -> None:
     runs: dict[str, list[tuple[float, float]]] = {"generated": [], "bare": []}
-    for _ in range(repeat):
-        for name, results in runs.items():
-            port = free_port()
-            url = f"http://127.0.0.1:{port}/v1/ping"
-            if name == "bare":
-                command = [python, str(HERE / "bare" / "http_fix.py"), package, str(port)]
-                env = None
-            else:
-                command = [python, "-m", package]
-                env = settings_env(project, port=port, host="127.0.0.1", offload_workers=1)
-            ready = functools.partial(http_answers, url)
-            with Service(command, ready, env, cwd=project) as server:
-                assert server.process is not None
-                if pin_server:
-                    pin(server.process.pid, {0})
-                results.append(_wrk(url, seconds, connections, server.process.pid))
+    pids: dict[str, set[int]] = {"generated": set(), "bare": set()}
+    with tempfile.TemporaryDirectory() as directory:
+        profile = perf_samples.SystemProfile(Path(directory)) if args.perf else None
+        _wrk_rounds(args, package, runs, pids, profile)
+        if profile is not None:
+            print(f"--- perf: {args.repeat} rounds of {args.wrk:g} s of wrk on each server ---")
+            counts = profile.by_function(pids["generated"], pids["bare"])
+            # wrk's rate over its duration: the requests each server served while recorded
+            generated, bare = (round(sum(r for r, _ in runs[name]) * args.wrk) for name in runs)
+            names = ("generated", "bare")
+            perf_samples.print_comparison(counts, names, args.top, (generated, bare))
     for name, results in runs.items():
         rates = [rate for rate, _ in results]
         cpu = statistics.median(cpu for _, cpu in results)
@@ -148,6 +147,40 @@ def _over_the_network(
             f"generated / bare over HTTP, {what}: {statistics.median(ratios):.2f} "
             f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ratios)})"
         )
+
+
+def _wrk_rounds(
+    args: argparse.Namespace,
+    package: str,
+    runs: dict[str, list[tuple[float, float]]],
+    pids: dict[str, set[int]],
+    profile: perf_samples.SystemProfile | None,
+) -> None:
+    """REPEAT rounds, each server in turn started, loaded by wrk for ``--wrk`` seconds, stopped;
+    with ``profile``, perf records while wrk runs."""
+    project, python = args.project, project_python(args.project)
+    if args.pin:  # wrk, started from here, inherits the other CPUs
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
+    extra = perf_samples.SERVER_ENV if args.perf else {}
+    for _ in range(args.repeat):
+        for name, results in runs.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/v1/ping"
+            if name == "bare":
+                command = [python, str(HERE / "bare" / "http_fix.py"), package, str(port)]
+                env = {**os.environ, **extra}
+            else:
+                command = [python, "-m", package]
+                env = settings_env(project, port=port, host="127.0.0.1", offload_workers=1)
+                env.update(extra)
+            ready = functools.partial(http_answers, url)
+            with Service(command, ready, env, cwd=project) as server:
+                assert server.process is not None
+                pids[name].add(server.process.pid)
+                if args.pin:
+                    pin(server.process.pid, {0})
+                with profile.recording() if profile is not None else nullcontext():
+                    results.append(_wrk(url, args.wrk, args.connections, server.process.pid))
 
 
 def _wrk(url: str, seconds: float, connections: int, pid: int) -> tuple[float, float]:
