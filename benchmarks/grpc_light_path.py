@@ -20,7 +20,9 @@ and the client on the others: a server then competes with its own threads only, 
 rounds' ratios spread far less on a shared machine (a server confined to one CPU, as in a
 container limited to one). The servers' logs go to /dev/null, so the access
 log is formatted and written, but not shown. Python 3.12's profiler sees every thread, so the
-sync server's handler threads and its polling thread are in the profile too.
+sync server's handler threads and its polling thread are in the profile too. With ``--perf``
+Linux perf samples both servers while they are measured, without slowing them as cProfile
+does, and a table says where each one's CPU went, by Python function (``perf_samples.py``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ each loaded by wrk on ``GET /v1/ping`` for SECONDS. It prints requests per secon
 server's CPU time per request (medians of the rounds), and generated / bare for both (the
 median of the rounds' ratios). On a shared machine the CPU ratio is the steadier one; with
 ``--pin`` each server runs on the first CPU and wrk on the others, and the rounds' ratios
-spread less again.
+spread less again. With ``--perf`` Linux perf samples both servers meanwhile, and a table
+says where each one's CPU went, by Python function (``perf_samples.py``).
 """
 
 from __future__ import annotations
