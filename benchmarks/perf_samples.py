@@ -34,6 +34,7 @@ from pathlib import Path
 SERVER_ENV = {"PYTHONPERFSUPPORT": "1"}
 FREQUENCY = 300  # samples a second per CPU: DWARF stacks are copied whole, 16 KiB each
 
+_NO_PYTHON = "[no Python frame]"
 # "python 20903/20910" opens a sample; its frames follow, innermost first.
 _SAMPLE = re.compile(r"^\s*(?P<comm>.+?)\s+(?P<pid>\d+)/(?P<tid>\d+)\s*$")
 
@@ -102,13 +103,30 @@ def _samples(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
         header = _SAMPLE.match(line)
         if header is not None:
             if pid is not None:
-                yield pid, function or f"[no Python frame] thread {thread}"
+                yield pid, function or f"{_NO_PYTHON} thread {thread}"
             pid, thread, function = int(header["pid"]), header["comm"], None
         elif function is None and "py::" in line:
             name, _, where = line.split("py::", 1)[1].strip().partition(":")
-            function = f"{name} ({Path(where).name})"
+            function = f"{name} ({_origin(where)}/{Path(where).name})"
     if pid is not None:
-        yield pid, function or f"[no Python frame] thread {thread}"
+        yield pid, function or f"{_NO_PYTHON} thread {thread}"
+
+
+def _origin(path: str) -> str:
+    """Where a function's file lives: its distribution's package (``grpc``, ``fastapi``, the
+    service's own), ``python`` for the standard library, else the file's folder (``bare``)."""
+    parts = Path(path).parts
+    for marker in ("site-packages", "src"):
+        if marker in parts[:-2]:
+            return parts[parts.index(marker) + 1]
+    if len(parts) < 2 or any(part.startswith("python3") for part in parts):
+        return "python"
+    return parts[-2]
+
+
+def _where(function: str) -> str:
+    """The origin in a label made by :func:`_samples`: ``name (origin/file)``."""
+    return function.rpartition("(")[2].partition("/")[0]
 
 
 def print_comparison(
@@ -129,6 +147,15 @@ def print_comparison(
         f"{base:,} in as many ({sum(first.values()) / base:.2f}x); by the innermost Python "
         "function on the stack:"
     )
+    origins: list[Counter[str]] = [Counter(), Counter()]
+    for count, by_origin in zip((first, second), origins, strict=True):
+        for function, n in count.items():
+            by_origin[_NO_PYTHON if function.startswith(_NO_PYTHON) else _where(function)] += n
+    ordered = sorted(
+        origins[0].keys() | origins[1].keys(), key=lambda o: origins[1][o] - origins[0][o]
+    )
+    differences = (f"{origin} {origins[0][origin] - origins[1][origin]:+d}" for origin in ordered)
+    print(f"by where the code lives: {', '.join(differences)}")
     print(f"{'difference':>10} {names[0]:>10} {names[1]:>10}  function")
     ranked = sorted(first.keys() | second.keys(), key=lambda f: second[f] - first[f])
     shown = ranked[:top] + [function for function in ranked[-3:] if function not in ranked[:top]]
