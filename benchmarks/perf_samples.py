@@ -65,6 +65,7 @@ class SystemProfile:
 
     @contextmanager
     def recording(self) -> Iterator[None]:
+        """Record every CPU while the block runs (perf takes a moment to start)."""
         data = self.directory / f"perf-{len(self.files)}.data"
         command = ["perf", "record", "-e", "cpu-clock", "-F", str(FREQUENCY),
                    "--call-graph", "dwarf,16384", "-a", "-q", "-o", str(data)]  # fmt: skip
