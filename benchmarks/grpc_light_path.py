@@ -86,7 +86,6 @@ def main() -> int:
     }
     env = perf_samples.SERVER_ENV if args.perf else {}
     with (
-        tempfile.TemporaryDirectory() as directory,
         _bare(project, package, flavour, env) as bare,
         _generated(project, package, env=env) as generated,
     ):
@@ -98,14 +97,14 @@ def main() -> int:
             os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
         for server in servers.values():
             client.sequential(server.port, 200)  # type: ignore[attr-defined]  # warm-up
-        profile = perf_samples.SystemProfile(Path(directory))
-        with profile.recording() if args.perf else nullcontext():
+        profile = perf_samples.SystemProfile() if args.perf else None
+        with profile.recording() if profile is not None else nullcontext():
             _measure(client, servers, timings, args)
-        if args.perf:
+        if profile is not None:
             pids = [{server.process.pid} for server in (generated, bare) if server.process]
-            print(f"--- perf: {2 * args.calls * args.repeat} Ping calls to each server ---")
-            counts = profile.by_function(*pids)
             calls = 2 * args.calls * args.repeat
+            print(f"--- perf: {calls} Ping calls to each server ---")
+            counts = profile.by_function(*pids)
             perf_samples.print_comparison(counts, ("generated", "bare"), args.top, (calls, calls))
     _table(timings, transport, args)
     if not args.no_profile:

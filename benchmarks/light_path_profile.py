@@ -39,7 +39,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -121,16 +120,14 @@ def main() -> int:
 def _over_the_network(args: argparse.Namespace, package: str) -> None:
     runs: dict[str, list[tuple[float, float]]] = {"generated": [], "bare": []}
     pids: dict[str, set[int]] = {"generated": set(), "bare": set()}
-    with tempfile.TemporaryDirectory() as directory:
-        profile = perf_samples.SystemProfile(Path(directory)) if args.perf else None
-        _wrk_rounds(args, package, runs, pids, profile)
-        if profile is not None:
-            print(f"--- perf: {args.repeat} rounds of {args.wrk:g} s of wrk on each server ---")
-            counts = profile.by_function(pids["generated"], pids["bare"])
-            # wrk's rate over its duration: the requests each server served while recorded
-            generated, bare = (round(sum(r for r, _ in runs[name]) * args.wrk) for name in runs)
-            names = ("generated", "bare")
-            perf_samples.print_comparison(counts, names, args.top, (generated, bare))
+    profile = perf_samples.SystemProfile() if args.perf else None
+    _wrk_rounds(args, package, runs, pids, profile)
+    if profile is not None:
+        print(f"--- perf: {args.repeat} rounds of {args.wrk:g} s of wrk on each server ---")
+        counts = profile.by_function(pids["generated"], pids["bare"])
+        # wrk's rate over its duration: the requests each server served while recorded
+        generated, bare = (round(sum(r for r, _ in runs[name]) * args.wrk) for name in runs)
+        perf_samples.print_comparison(counts, ("generated", "bare"), args.top, (generated, bare))
     for name, results in runs.items():
         rates = [rate for rate, _ in results]
         cpu = statistics.median(cpu for _, cpu in results)

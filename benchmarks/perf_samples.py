@@ -10,7 +10,7 @@ sample is charged to the innermost Python function on its thread's stack, the C 
 function called included. Samples of threads with no Python on their stack (grpcio's event
 engine, say) are charged to the thread's name.
 
-    profile = SystemProfile(directory)
+    profile = SystemProfile()
     with profile.recording():                  # perf record -a, for the block
         ... load both servers alike ...        # (as often as needed: each block is kept)
     counts = profile.by_function({pid_a, ...}, {pid_b, ...})
@@ -26,12 +26,15 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 SERVER_ENV = {"PYTHONPERFSUPPORT": "1"}
+# Where a sample's function lives (``grpc``, the service's package, ``python``) and its name.
+Frame = tuple[str, str]
 FREQUENCY = 300  # samples a second per CPU: DWARF stacks are copied whole, 16 KiB each
 
 _NO_PYTHON = "[no Python frame]"
@@ -56,17 +59,18 @@ def unavailable() -> str | None:
 
 
 class SystemProfile:
-    """``perf record`` of every CPU, in ``directory``: a file for each recorded block, so
-    that what happens between blocks (a server starting, its imports) is left out."""
+    """``perf record`` of every CPU: a file for each recorded block, so that what happens
+    between blocks (a server starting, its imports) is left out. The files are in a temporary
+    directory of the profile's own, removed with it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="perf-samples-")
         self.files: list[Path] = []
 
     @contextmanager
     def recording(self) -> Iterator[None]:
         """Record every CPU while the block runs (perf takes a moment to start)."""
-        data = self.directory / f"perf-{len(self.files)}.data"
+        data = Path(self._directory.name) / f"perf-{len(self.files)}.data"
         command = ["perf", "record", "-e", "cpu-clock", "-F", str(FREQUENCY),
                    "--call-graph", "dwarf,16384", "-a", "-q", "-o", str(data)]  # fmt: skip
         perf = subprocess.Popen(command, stderr=subprocess.DEVNULL)
@@ -77,10 +81,10 @@ class SystemProfile:
             perf.wait(timeout=120)
             self.files.append(data)
 
-    def by_function(self, *groups: Iterable[int]) -> list[Counter[str]]:
+    def by_function(self, *groups: Iterable[int]) -> list[Counter[Frame]]:
         """For each group of process ids, its samples by innermost Python function."""
         wanted = [set(group) for group in groups]
-        counts: list[Counter[str]] = [Counter() for _ in wanted]
+        counts: list[Counter[Frame]] = [Counter() for _ in wanted]
         for data in self.files:
             script = subprocess.Popen(
                 ["perf", "script", "-i", str(data), "-F", "comm,pid,tid,ip,sym"],
@@ -89,28 +93,28 @@ class SystemProfile:
                 text=True,
             )
             assert script.stdout is not None
-            for pid, function in _samples(script.stdout):
+            for pid, frame in _samples(script.stdout):
                 for group, count in zip(wanted, counts, strict=True):
                     if pid in group:
-                        count[function] += 1
+                        count[frame] += 1
             script.wait()
         return counts
 
 
-def _samples(lines: Iterable[str]) -> Iterable[tuple[int, str]]:
-    """(process id, innermost Python function or thread name) of each sample."""
-    pid, thread, function = None, "", None
+def _samples(lines: Iterable[str]) -> Iterable[tuple[int, Frame]]:
+    """(process id, innermost Python function, or the thread's name if none) of each sample."""
+    pid, thread, frame = None, "", None
     for line in lines:
         header = _SAMPLE.match(line)
         if header is not None:
             if pid is not None:
-                yield pid, function or f"{_NO_PYTHON} thread {thread}"
-            pid, thread, function = int(header["pid"]), header["comm"], None
-        elif function is None and "py::" in line:
+                yield pid, frame or (_NO_PYTHON, f"thread {thread}")
+            pid, thread, frame = int(header["pid"]), header["comm"], None
+        elif frame is None and "py::" in line:
             name, _, where = line.split("py::", 1)[1].strip().partition(":")
-            function = f"{name} ({_origin(where)}/{Path(where).name})"
+            frame = (_origin(where), f"{name} ({Path(where).name})")
     if pid is not None:
-        yield pid, function or f"{_NO_PYTHON} thread {thread}"
+        yield pid, frame or (_NO_PYTHON, f"thread {thread}")
 
 
 def _origin(path: str) -> str:
@@ -125,13 +129,8 @@ def _origin(path: str) -> str:
     return parts[-2]
 
 
-def _where(function: str) -> str:
-    """The origin in a label made by :func:`_samples`: ``name (origin/file)``."""
-    return function.rpartition("(")[2].partition("/")[0]
-
-
 def print_comparison(
-    counts: Sequence[Counter[str]], names: tuple[str, str], top: int, served: tuple[int, int]
+    counts: Sequence[Counter[Frame]], names: tuple[str, str], top: int, served: tuple[int, int]
 ) -> None:
     """The functions whose samples differ most between two groups of servers, per request:
     ``served`` says how many requests each group served while recorded, and the second
@@ -139,9 +138,9 @@ def print_comparison(
     share of the second group's samples (of its server CPU)."""
     first, raw = counts
     scale = served[0] / max(1, served[1])
-    second = Counter({function: round(n * scale) for function, n in raw.items()})
+    second = Counter({frame: round(n * scale) for frame, n in raw.items()})
     base = max(1, sum(second.values()))
-    if not any("(" in function for function in first):
+    if all(origin == _NO_PYTHON for origin, _ in first):
         print("perf saw no Python functions: run the servers on Python 3.12 or later")
     print(
         f"{names[0]}: {sum(first.values()):,} samples in {served[0]:,} requests; {names[1]}: "
@@ -150,8 +149,8 @@ def print_comparison(
     )
     origins: list[Counter[str]] = [Counter(), Counter()]
     for count, by_origin in zip((first, second), origins, strict=True):
-        for function, n in count.items():
-            by_origin[_NO_PYTHON if function.startswith(_NO_PYTHON) else _where(function)] += n
+        for (origin, _), n in count.items():
+            by_origin[origin] += n
     ordered = sorted(
         origins[0].keys() | origins[1].keys(), key=lambda o: origins[1][o] - origins[0][o]
     )
@@ -159,10 +158,11 @@ def print_comparison(
     print(f"by where the code lives: {', '.join(differences)}")
     print(f"{'difference':>10} {names[0]:>10} {names[1]:>10}  function")
     ranked = sorted(first.keys() | second.keys(), key=lambda f: second[f] - first[f])
-    shown = ranked[:top] + [function for function in ranked[-3:] if function not in ranked[:top]]
-    for function in shown:
-        extra = first[function] - second[function]
+    shown = ranked[:top] + [frame for frame in ranked[-3:] if frame not in ranked[:top]]
+    for frame in shown:
+        extra = first[frame] - second[frame]
+        origin, function = frame
         print(
-            f"{extra:+6d} {extra / base:+4.0%} {first[function]:10d} {second[function]:10d}"
-            f"  {function}"
+            f"{extra:+6d} {extra / base:+4.0%} {first[frame]:10d} {second[frame]:10d}"
+            f"  {origin}: {function}"
         )
