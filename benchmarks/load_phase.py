@@ -7,7 +7,9 @@ by ``seed_load_test.py``. For DURATION seconds, all at once:
   ``Ping`` calls kept in flight by CLIENTS processes on grpc.aio (gRPC; every status checked);
 * heavy load: HEAVY clients, each keeping one validation of the heavy document in flight;
 * a prober: one light request every 200 ms on a fresh connection, failed if it takes > 1 s;
-* a scraper: the server's ``/metrics`` every second, for its event-loop lag histogram.
+* a scraper: the server's ``/metrics`` every second, for its event-loop lag histogram;
+* with ``--server-pid``, the CPU time the server process (all its threads) and its child
+  processes (the offload workers) used, and how busy the whole machine was.
 
 Heavy clients start first and the clock starts once each has had one answer, so the phase
 measures the steady state, not the ramp.
@@ -21,6 +23,7 @@ import http.client
 import importlib
 import json
 import multiprocessing
+import os
 import re
 import statistics
 import subprocess
@@ -47,6 +50,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2, help="gRPC load processes")
     parser.add_argument("--heavy", type=int, default=0)
     parser.add_argument("--heavy-document", type=Path)
+    parser.add_argument("--server-pid", type=int, help="measure this process's CPU time")
     args = parser.parse_args()
 
     stop = threading.Event()
@@ -55,6 +59,7 @@ def main() -> int:
     heavy.start()
     heavy.wait_until_each_answered(deadline=60)
     clock.start()
+    cpu = CpuMeter(args.server_pid)
     heavy.reset()
     probes = Prober(args, clock, stop)
     scraper = Scraper(args.metrics_url, clock, stop)
@@ -63,10 +68,11 @@ def main() -> int:
     scraper.start()
     light = light_http(args) if args.kind == "http" else light_grpc(args)
     elapsed = clock.now()
+    used = cpu.used()
     heavy_done = heavy.done
     stop.set()
-    for thread in (probes, scraper):
-        thread.join(300)
+    for watcher in (probes, scraper):
+        watcher.join(300)
     scraper.scrape()  # the phase's last window, whatever the periodic scrapes missed
     for thread in heavy.threads:
         thread.join(300)
@@ -80,9 +86,79 @@ def main() -> int:
         },
         "probes": probes.summary(),
         "lag": scraper.summary(),
+        "cpu": used,
     }
     print(json.dumps(result))
     return 0
+
+
+class CpuMeter:
+    """CPU time used from now until :meth:`used`: by the server process (``pid``, all its
+    threads), by the processes under it (its offload workers), and by the whole machine.
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.started = time.monotonic()
+        self.before = self._read()
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds per second of the window: ``server``, ``children``, and ``machine``
+        (busy CPUs: 2.0 is two CPUs busy throughout), and the machine's CPU count."""
+        after, elapsed = self._read(), time.monotonic() - self.started
+        server, children, machine = (
+            (late - early) / elapsed for early, late in zip(self.before, after, strict=True)
+        )
+        return {"server": server, "children": children, "machine": machine, "cpus": _cpus()}
+
+    def _read(self) -> tuple[float, float, float]:
+        machine = _machine_busy()
+        if self.pid is None:
+            return float("nan"), float("nan"), machine
+        stats = _process_stats()
+        under = _descendants(self.pid, {pid: parent for pid, (parent, _) in stats.items()})
+        server = stats.get(self.pid, (0, 0.0))[1]
+        return server, sum(stats[pid][1] for pid in under), machine
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_stats() -> dict[int, tuple[int, float]]:
+    """Every process's parent and CPU seconds so far (user and system, all threads)."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # After the command's name in parentheses (which may hold spaces): state, ppid, ...;
+        # utime and stime are the 14th and 15th fields of the line.
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    return stats
+
+
+def _descendants(pid: int, parents: dict[int, int]) -> set[int]:
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _machine_busy() -> float:
+    """CPU seconds the machine has spent busy (neither idle nor waiting for I/O), all CPUs."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / _TICK  # guest time is counted in user time already
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
 
 
 class Clock:

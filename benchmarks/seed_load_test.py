@@ -223,7 +223,7 @@ def measure(row: Row, project: Path, document: Path, args: argparse.Namespace) -
                 [python, str(HERE / "load_phase.py"), "--kind", kind, "--port", str(port),
                  "--metrics-url", metrics, "--package", package, "--duration", str(args.duration),
                  "--connections", str(args.connections), "--heavy", str(heavy),
-                 "--heavy-document", str(document)],
+                 "--heavy-document", str(document), "--server-pid", str(service.pid)],
                 capture_output=True, text=True, check=False, cwd=project,
             )  # fmt: skip
             if phase.returncode != 0:
@@ -271,16 +271,31 @@ def row_numbers(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
             for run in runs
             for phase in ("alone", "with_heavy")
         ],
+        # CPU seconds per second (results saved before CPU was measured have none)
+        "server_cpu_alone": [_cpu(run["alone"], "server") for run in runs],
+        "server_cpu_heavy": [_cpu(run["with_heavy"], "server") for run in runs],
+        "workers_cpu_heavy": [_cpu(run["with_heavy"], "children") for run in runs],
+        "busy_alone": [_cpu(run["alone"], "machine") for run in runs],
+        "busy_heavy": [_cpu(run["with_heavy"], "machine") for run in runs],
     }
     pick["ratio"] = [h / a for a, h in zip(pick["alone"], pick["heavy"], strict=True) if a]
+    pick["us_per_light"] = [
+        cpu / rate * 1e6 for cpu, rate in zip(pick["server_cpu_alone"], pick["alone"], strict=True)
+    ]
     return pick
+
+
+def _cpu(phase: dict[str, Any], part: str) -> float:
+    return float(phase.get("cpu", {}).get(part, float("nan")))
 
 
 def table(rows: list[Row], runs: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "| | light/s alone | light/s with heavy | ratio | p50 / p90 ms alone | "
-        "p50 / p90 ms with heavy | loop lag p90 / mean ms | heavy/s | probes failed | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "p50 / p90 ms with heavy | loop lag p90 / mean ms | heavy/s | probes failed | errors "
+        "| server CPU µs per light request alone | CPUs busy alone / with heavy "
+        "| with heavy: server / workers CPUs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         n = row_numbers(runs[row.label])
@@ -295,7 +310,10 @@ def table(rows: list[Row], runs: dict[str, list[dict[str, Any]]]) -> str:
             f"| {median(n['p50_alone']):.1f} / {median(n['p90_alone']):.1f} "
             f"| {median(n['p50_heavy']):.1f} / {median(n['p90_heavy']):.1f} "
             f"| {lag} | {spread(n['heavy_per_s'], 2)} "
-            f"| {sum(n['probe_failed']):.0f} of {sum(n['probes']):.0f} | {sum(n['errors']):.0f} |"
+            f"| {sum(n['probe_failed']):.0f} of {sum(n['probes']):.0f} | {sum(n['errors']):.0f} "
+            f"| {spread(n['us_per_light'])} "
+            f"| {median(n['busy_alone']):.2f} / {median(n['busy_heavy']):.2f} "
+            f"| {median(n['server_cpu_heavy']):.2f} / {median(n['workers_cpu_heavy']):.2f} |"
         )
     return "\n".join(lines)
 

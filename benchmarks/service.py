@@ -98,6 +98,11 @@ class Service:
         self.__exit__()
         raise RuntimeError(f"`{' '.join(self.command)}` did not become ready within 60 s")
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def __exit__(self, *_: object) -> None:
         assert self.process is not None
         if self.process.poll() is None:

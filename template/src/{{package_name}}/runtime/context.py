@@ -30,20 +30,58 @@ _REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 
 
 class _Request:
-    """What the context knows of the request being handled. Made for each request and never
-    changed once current: one context variable holds all of it, so that binding a request
-    sets one variable, not one per value."""
+    """What the context knows of the request being handled, and the block it is current in.
 
-    __slots__ = ("deadline", "request_id", "traceparent")
+    Made for each request (and for each nested deadline or restored snapshot), and never
+    changed once current: one context variable holds all of it, so that binding a request sets
+    one variable, not one per value. It is its own context manager: entering it makes it
+    current, after making the trace context of the headers ``caller_trace`` current if there
+    are any; with ``find_trace``, its ``traceparent`` is that of the span current then. A class,
+    not a generator-based context manager, which costs microseconds more: a transport enters
+    one for every request.
+    """
+
+    __slots__ = (
+        "_attached",
+        "_token",
+        "caller_trace",
+        "deadline",
+        "find_trace",
+        "request_id",
+        "traceparent",
+    )
 
     def __init__(
-        self, request_id: str | None, traceparent: str | None, deadline: float | None
+        self,
+        request_id: str | None,
+        traceparent: str | None,
+        deadline: float | None,
+        caller_trace: Mapping[str, str] | None = None,
+        *,
+        find_trace: bool = False,
     ) -> None:
         self.request_id = request_id
         self.traceparent = traceparent
         # A time.monotonic() value: set by the transport from the gRPC deadline or the HTTP
         # request budget, read by offload() so queued and running work stops with the caller.
         self.deadline = deadline
+        self.caller_trace = caller_trace
+        self.find_trace = find_trace
+        self._attached: Token[otel_context.Context] | None = None
+
+    def __enter__(self) -> None:
+        if self.caller_trace:
+            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
+        if self.find_trace:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                self.traceparent = _traceparent_of(span)
+        self._token = _request.set(self)
+
+    def __exit__(self, *_: object) -> None:
+        _request.reset(self._token)
+        if self._attached is not None:
+            otel_context.detach(self._attached)
 
 
 _OUTSIDE = _Request(None, None, None)  # outside any request
@@ -94,7 +132,10 @@ def continue_trace(headers: Mapping[str, str]) -> AbstractContextManager[None]:
     """
     # The functions a transport calls for every request return a no-op when there is nothing
     # to do: a generator-based context manager costs microseconds even then.
-    return _Bound(None, headers) if headers else nullcontext()
+    if not headers:
+        return nullcontext()
+    current = _request.get()
+    return _Request(current.request_id, current.traceparent, current.deadline, headers)
 
 
 def current_deadline() -> float | None:
@@ -110,7 +151,7 @@ def deadline_after(seconds: float | None) -> AbstractContextManager[None]:
     if seconds is None:
         return nullcontext()
     current = _request.get()
-    return _Bound(_Request(current.request_id, current.traceparent, _deadline_in(seconds)))
+    return _Request(current.request_id, current.traceparent, _deadline_in(seconds))
 
 
 def _deadline_in(seconds: float | None) -> float | None:
@@ -137,51 +178,9 @@ def bind(
     that continues traces itself passes the caller's trace headers even when there are none
     (``{}``): then no span can be current, and OpenTelemetry is not asked.
     """
-    request = _Request(request_id, None, _deadline_in(budget))
     # {}: no caller's trace, and no instrumentation's span to find
-    return _Bound(request, caller_trace, find_trace=caller_trace != {})
-
-
-class _Bound:
-    """Makes ``request`` current for the duration of a block (``None``: leaves the current
-    one), after making the trace context of the headers ``caller_trace`` current if there are
-    any; with ``find_trace``, the request's ``traceparent`` is that of the span current then.
-    A class, not a generator-based context manager, which costs microseconds more: a
-    transport enters one for every request.
-    """
-
-    __slots__ = ("_attached", "_token", "caller_trace", "find_trace", "request")
-
-    def __init__(
-        self,
-        request: _Request | None,
-        caller_trace: Mapping[str, str] | None = None,
-        *,
-        find_trace: bool = False,
-    ) -> None:
-        self.request = request
-        self.caller_trace = caller_trace
-        self.find_trace = find_trace
-        self._attached: Token[otel_context.Context] | None = None
-        self._token: Token[_Request] | None = None
-
-    def __enter__(self) -> None:
-        if self.caller_trace:
-            self._attached = otel_context.attach(propagate.extract(self.caller_trace))
-        request = self.request
-        if request is None:
-            return
-        if self.find_trace:
-            span = trace.get_current_span().get_span_context()
-            if span.is_valid:
-                request.traceparent = _traceparent_of(span)
-        self._token = _request.set(request)
-
-    def __exit__(self, *_: object) -> None:
-        if self._token is not None:
-            _request.reset(self._token)
-        if self._attached is not None:
-            otel_context.detach(self._attached)
+    find_trace = caller_trace != {}
+    return _Request(request_id, None, _deadline_in(budget), caller_trace, find_trace=find_trace)
 
 
 def _traceparent_of(span: trace.SpanContext) -> str:
@@ -206,5 +205,4 @@ def restore(values: Mapping[str, str | None]) -> AbstractContextManager[None]:
     """
     headers = {key: value for key, value in values.items() if value is not None}
     deadline = _request.get().deadline
-    request = _Request(values.get("request_id"), values.get("traceparent"), deadline)
-    return _Bound(request, headers)
+    return _Request(values.get("request_id"), values.get("traceparent"), deadline, headers)

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import orjson
@@ -223,16 +223,15 @@ class Sample:
 
     The access logs use it for fast successful requests: a quiet service logs all of them, a
     busy one a bounded number of lines a second, whose cost no longer grows with its traffic.
-    ``skipped`` is called for each one left out, so a counter can account for them. With no
-    allowance (``per_second=0``) the count runs on across seconds: one in ``every`` of all.
-    Threads may race on the count: a line more or less in a second is not worth a lock per
-    request.
+    ``skipped`` counts those left out, for a counter to report (``metrics.SkippedCounter``).
+    With no allowance (``per_second=0``) the count runs on across seconds: one in ``every`` of
+    all. Threads may race on the counts: a line more or less is not worth a lock per request.
     """
 
-    def __init__(self, per_second: int, every: int, skipped: Callable[[], None]) -> None:
+    def __init__(self, per_second: int, every: int) -> None:
         self.per_second = per_second
         self.every = every
-        self.skipped = skipped
+        self.skipped = 0
         self._second = 0
         self._seen = 0
 
@@ -248,7 +247,7 @@ class Sample:
         self._seen += 1
         if beyond < 0 or beyond % self.every == 0:
             return True
-        self.skipped()
+        self.skipped += 1
         return False
 
 

@@ -2,8 +2,8 @@
 
 The transports expose the registry (``/metrics`` over HTTP, or :func:`start_metrics_server`
 next to a gRPC server) and define their request metrics (``transport/*/metrics.py``) with
-:class:`RequestHistogram` and :func:`request_exemplar`; the rest is updated by the runtime
-itself.
+:class:`RequestHistogram`, :class:`SkippedCounter` and :func:`request_exemplar`; the rest is
+updated by the runtime itself.
 ``docs/runtime/metrics.md`` explains each one and what to alert on.
 """
 
@@ -18,11 +18,18 @@ from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import Exemplar, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    Exemplar,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .context import current_traceparent
+from .logging import Sample
 
 # Loop lag is small when healthy and seconds when something blocks: cover both ends.
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -189,6 +196,28 @@ class RequestHistogram(Collector):
                 buckets.append((bound, count) if exemplar is None else (bound, count, exemplar))
             family.add_metric(list(labels), buckets, sum_value=row[-1])
         yield family
+
+
+class SkippedCounter(Collector):
+    """A counter of the events left out by the samples it made (:meth:`sample`): each
+    :class:`~.logging.Sample` counts them in an attribute of its own, without a call or a lock
+    per event, and a scrape sums the counts.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation = name, documentation
+        self._samples: list[Sample] = []
+        REGISTRY.register(self)
+
+    def sample(self, per_second: int, every: int) -> Sample:
+        """A new :class:`~.logging.Sample` whose skipped events this counter reports."""
+        made = Sample(per_second, every)
+        self._samples.append(made)
+        return made
+
+    def collect(self) -> Iterator[Metric]:
+        skipped = sum(sample.skipped for sample in list(self._samples))
+        yield CounterMetricFamily(self.name, self.documentation, value=skipped)
 
 
 LAG_WINDOW = LoopLagWindow()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import threading
 
 import grpc
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
-from ...runtime.metrics import RequestHistogram, request_exemplar
+from ...runtime.metrics import RequestHistogram, SkippedCounter, request_exemplar
 
 SYSTEM = "grpc"
 
@@ -31,7 +31,7 @@ ACTIVE_CALLS = Gauge(
     ["rpc_system_name", "rpc_method"],
 )
 
-ACCESS_LOG_SKIPPED = Counter(
+ACCESS_LOG_SKIPPED = SkippedCounter(
     "rpc_server_access_log_skipped",
     "Fast OK calls left out of the access log (beyond ACCESS_LOG_PER_SECOND).",
 )

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from ...runtime.context import accept_request_id, bind
-from ...runtime.logging import RequestLogger, Sample
+from ...runtime.logging import RequestLogger
 from ...runtime.settings import RuntimeSettings
 from .errors import is_expected
 from .metrics import ACCESS_LOG_SKIPPED, MethodMetrics
@@ -63,7 +63,7 @@ class AccessLog:
 
     def __init__(self, per_second: int = 0, sample: int = 1, slow: float = 0.1) -> None:
         self.slow = slow
-        self._fast_ok = Sample(per_second, sample, ACCESS_LOG_SKIPPED.inc)
+        self._fast_ok = ACCESS_LOG_SKIPPED.sample(per_second, sample)
 
     @classmethod
     def following(cls, settings: RuntimeSettings) -> AccessLog:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import Counter
-
-from ...runtime.metrics import RequestHistogram, request_exemplar
+from ...runtime.metrics import RequestHistogram, SkippedCounter, request_exemplar
 
 REQUEST_DURATION = RequestHistogram(
     "http_server_request_duration_seconds",
@@ -21,7 +19,7 @@ REQUEST_DURATION = RequestHistogram(
     ("http_request_method", "http_route", "http_response_status_code", "url_scheme", "error_type"),
 )
 
-ACCESS_LOG_SKIPPED = Counter(
+ACCESS_LOG_SKIPPED = SkippedCounter(
     "http_server_access_log_skipped",
     "Fast successful requests left out of the access log (beyond ACCESS_LOG_PER_SECOND).",
 )

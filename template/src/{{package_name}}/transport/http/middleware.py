@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...runtime.context import accept_request_id, bind, trace_header_names
-from ...runtime.logging import RequestLogger, Sample
+from ...runtime.logging import RequestLogger
 from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
 from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
 from .problems import problem_response
@@ -78,7 +78,7 @@ class RequestRecordMiddleware:
         self.trace_headers = frozenset(name.encode() for name in names)
         self.slow = slow
         self._durations = RequestDurations()
-        self._fast_successes = Sample(per_second, sample, ACCESS_LOG_SKIPPED.inc)
+        self._fast_successes = ACCESS_LOG_SKIPPED.sample(per_second, sample)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
