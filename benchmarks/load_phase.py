@@ -104,12 +104,12 @@ class CpuMeter:
 
     def used(self) -> dict[str, float]:
         """CPU seconds per second of the window: ``server``, ``children``, and ``machine``
-        (busy CPUs: 2.0 is two CPUs busy throughout), and the machine's CPU count."""
+        (busy CPUs: 2.0 is two CPUs busy throughout)."""
         after, elapsed = self._read(), time.monotonic() - self.started
         server, children, machine = (
             (late - early) / elapsed for early, late in zip(self.before, after, strict=True)
         )
-        return {"server": server, "children": children, "machine": machine, "cpus": _cpus()}
+        return {"server": server, "children": children, "machine": machine}
 
     def _read(self) -> tuple[float, float, float]:
         machine = _machine_busy()
@@ -155,10 +155,6 @@ def _machine_busy() -> float:
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / _TICK  # guest time is counted in user time already
-
-
-def _cpus() -> int:
-    return os.cpu_count() or 1
 
 
 class Clock:
