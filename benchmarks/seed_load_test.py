@@ -289,6 +289,12 @@ def _cpu(phase: dict[str, Any], part: str) -> float:
     return float(phase.get("cpu", {}).get(part, float("nan")))
 
 
+def _cpus(values: list[float]) -> str:
+    """The median CPUs busy, or n/a (results saved before CPU was measured)."""
+    middle = median(values)
+    return "n/a" if middle != middle else f"{middle:.2f}"
+
+
 def table(rows: list[Row], runs: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "| | light/s alone | light/s with heavy | ratio | p50 / p90 ms alone | "
@@ -312,8 +318,8 @@ def table(rows: list[Row], runs: dict[str, list[dict[str, Any]]]) -> str:
             f"| {lag} | {spread(n['heavy_per_s'], 2)} "
             f"| {sum(n['probe_failed']):.0f} of {sum(n['probes']):.0f} | {sum(n['errors']):.0f} "
             f"| {spread(n['us_per_light'])} "
-            f"| {median(n['busy_alone']):.2f} / {median(n['busy_heavy']):.2f} "
-            f"| {median(n['server_cpu_heavy']):.2f} / {median(n['workers_cpu_heavy']):.2f} |"
+            f"| {_cpus(n['busy_alone'])} / {_cpus(n['busy_heavy'])} "
+            f"| {_cpus(n['server_cpu_heavy'])} / {_cpus(n['workers_cpu_heavy'])} |"
         )
     return "\n".join(lines)
 
