@@ -43,7 +43,16 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import perf_samples
-from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
+from service import (
+    Service,
+    answer,
+    cpu_seconds,
+    free_port,
+    http_answers,
+    pin,
+    project_python,
+    settings_env,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -123,12 +132,12 @@ def _measure(
         for name, server in servers.items():
             port: int = server.port  # type: ignore[attr-defined]
             assert server.process is not None
-            cpu = _cpu_seconds(server.process.pid)
+            cpu = cpu_seconds(server.process.pid)
             timings[name]["sequential"].append(client.sequential(port, args.calls))
             timings[name]["concurrent"].append(
                 client.concurrent(port, args.calls, args.concurrency)
             )
-            spent = _cpu_seconds(server.process.pid) - cpu
+            spent = cpu_seconds(server.process.pid) - cpu
             timings[name]["cpu"].append(spent / (2 * args.calls))
 
 
@@ -206,12 +215,6 @@ def _generated(
     )
     service.port = port  # type: ignore[attr-defined]
     return service
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time the process has used so far, all its threads (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _table(

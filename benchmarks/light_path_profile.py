@@ -45,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import perf_samples
-from service import Service, answer, free_port, http_answers, pin, project_python, settings_env
+from service import (
+    Service,
+    answer,
+    cpu_seconds,
+    free_port,
+    http_answers,
+    pin,
+    project_python,
+    settings_env,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -184,24 +193,18 @@ def _wrk_rounds(
 def _wrk(url: str, seconds: float, connections: int, pid: int) -> tuple[float, float]:
     """Requests per second, and the server's CPU seconds per request (on a shared machine,
     the steadier of the two: time the server waits for a core is not in it)."""
-    cpu_before = _cpu_seconds(pid)
+    cpu_before = cpu_seconds(pid)
     wrk = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    cpu = _cpu_seconds(pid) - cpu_before
+    cpu = cpu_seconds(pid) - cpu_before
     if "Non-2xx" in wrk.stdout:
         raise SystemExit(f"GET /v1/ping failed:\n{wrk.stdout}")
     rate = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
     total = re.search(r"(\d+) requests in", wrk.stdout)
     assert rate is not None and total is not None, wrk.stdout
     return float(rate.group(1)), cpu / int(total.group(1))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _generated_app(package: str) -> Any:

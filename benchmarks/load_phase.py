@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import importlib
 import json
@@ -34,6 +35,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from service import process_cpu
 
 PROBE_INTERVAL = 0.2
 PROBE_TIMEOUT = 1.0
@@ -121,23 +124,13 @@ class CpuMeter:
         return server, sum(stats[pid][1] for pid in under), machine
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def _process_stats() -> dict[int, tuple[int, float]]:
     """Every process's parent and CPU seconds so far (user and system, all threads)."""
     stats = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        # After the command's name in parentheses (which may hold spaces): state, ppid, ...;
-        # utime and stime are the 14th and 15th fields of the line.
-        fields = text[text.rindex(")") + 2 :].split()
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # ended meanwhile
+                stats[int(entry.name)] = process_cpu(int(entry.name))
     return stats
 
 
@@ -154,7 +147,7 @@ def _machine_busy() -> float:
     """CPU seconds the machine has spent busy (neither idle nor waiting for I/O), all CPUs."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / _TICK  # guest time is counted in user time already
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user time
 
 
 class Clock:
