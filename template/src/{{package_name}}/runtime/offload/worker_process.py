@@ -18,7 +18,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import context, tracing
-from ..logging import configure_logging, flush_logs
+from ..log_lines import flush_logs
+from ..logging import configure_logging
 from .errors import OffloadError, contained
 from .job import label_of
 from .spans import run_in_span
