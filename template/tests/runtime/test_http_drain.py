@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from conftest import ServiceProcess
@@ -97,8 +97,8 @@ def test_new_connections_are_refused_once_the_drain_delay_is_over(
         service.process.signal(signal.SIGTERM)
         service.wait_event("drain_delay_over")
         assert service.process.wait_exit(GRACE) == 0
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(service.base_url + "/v1/ping")
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(service.base_url + "/v1/ping")
 
 
 def test_a_second_signal_exits_at_once(start_service: Callable[..., ServiceProcess]) -> None:
@@ -119,15 +119,15 @@ async def _load_through_sigterm(
     served_while_not_ready = asyncio.Event()  # and pings sent after that were answered
     answered_while_not_ready = 0
     stop_pinging = asyncio.Event()
-    limits = httpx.Limits(max_connections=PINGERS + VALIDATIONS + 10)
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
+    limits = httpx2.Limits(max_connections=PINGERS + VALIDATIONS + 10)
+    async with httpx2.AsyncClient(base_url=service.base_url, timeout=120, limits=limits) as client:
 
         async def call(kind: str, method: str, path: str, **kwargs: Any) -> None:
             record = Call(kind)
             observed.calls.append(record)
             try:
                 record.status = (await client.request(method, path, **kwargs)).status_code
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 record.error = repr(error)
 
         async def ping_until_stopped() -> None:

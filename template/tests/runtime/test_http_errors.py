@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import httpx2
 
 from conftest import ServiceProcess, wait_until
 from http_support import (
@@ -96,15 +96,15 @@ def test_a_crashed_worker_process_is_500_and_the_next_call_succeeds(
 
 def _post_in_background(
     pool: ThreadPoolExecutor, service: HttpService, document: dict[str, Any]
-) -> Future[httpx.Response]:
-    def post() -> httpx.Response:
+) -> Future[httpx2.Response]:
+    def post() -> httpx2.Response:
         with service.client() as client:
             return client.post("/v1/documents:validate", json=document)
 
     return pool.submit(post)
 
 
-def _assert_healthy(client: httpx.Client) -> None:
+def _assert_healthy(client: httpx2.Client) -> None:
     assert client.get("/readyz").status_code == 200
     assert client.get("/v1/ping").status_code == 200
     assert client.post("/v1/documents:validate", json={"name": "Ada"}).json()["valid"] is True

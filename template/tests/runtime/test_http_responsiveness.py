@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 
 from conftest import ServiceProcess, wait_until
@@ -19,7 +19,7 @@ def test_light_requests_answer_while_a_heavy_validation_runs(
     document = document_costing(1.0)
     service = start_http(start_service, offload_executor=executor, max_body_size=LARGE_BODY)
 
-    def validate() -> httpx.Response:
+    def validate() -> httpx2.Response:
         with service.client() as client:
             return client.post("/v1/documents:validate", json=document)
 

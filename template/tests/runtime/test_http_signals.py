@@ -6,7 +6,7 @@ import contextlib
 import signal
 import threading
 
-import httpx
+import httpx2
 
 from http_support import HttpService, running_http
 
@@ -15,8 +15,8 @@ def block_the_loop(service: HttpService) -> None:
     """Send a request whose handler holds the loop; return once it runs."""
 
     def call() -> None:
-        with contextlib.suppress(httpx.HTTPError):  # the service exits meanwhile
-            httpx.get(service.base_url + "/v1/test/block", timeout=300)
+        with contextlib.suppress(httpx2.HTTPError):  # the service exits meanwhile
+            httpx2.get(service.base_url + "/v1/test/block", timeout=300)
 
     threading.Thread(target=call, daemon=True).start()
     service.wait_event("busy_loop_started", 60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from gil_hang import PROBE_TIMEOUT, HangingService, wait_for_dump
@@ -21,13 +21,13 @@ def test_livez_fails_while_c_code_holds_the_gil_for_good(tmp_path: Path) -> None
         service = HttpService(process, port)
         wait_ready(service)
         livez = f"{service.base_url}/livez"
-        assert httpx.get(livez, timeout=PROBE_TIMEOUT).status_code == 200
+        assert httpx2.get(livez, timeout=PROBE_TIMEOUT).status_code == 200
         dump_file = Path(service.wait_event("stall_watchdog_started")["faulthandler_file"])
 
         trigger.touch()
         wait_for_dump(dump_file, "hang_when_triggered")
-        with pytest.raises(httpx.TimeoutException):
-            httpx.get(livez, timeout=PROBE_TIMEOUT)
+        with pytest.raises(httpx2.TimeoutException):
+            httpx2.get(livez, timeout=PROBE_TIMEOUT)
         assert process.process.poll() is None  # hung, not crashed: only the probe can tell
     finally:
         process.stop()

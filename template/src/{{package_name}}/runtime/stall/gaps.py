@@ -16,7 +16,7 @@ from operator import attrgetter
 
 from .probes import KernelFile, Scheduling, scheduling
 
-NOTICEABLE = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
+NOTICEABLE_GAP = 0.02  # seconds late beyond which a watchdog wake-up counts as held up
 
 
 @dataclass(frozen=True)

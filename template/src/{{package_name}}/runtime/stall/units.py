@@ -19,14 +19,14 @@ Stack = list[str]  # "file:line in function", outermost first
 Window = tuple[float, float]  # (start, end), monotonic seconds
 
 # ``watch``: (watchdog, unit) of the handler running on this thread; ``clock``: its CPU clock
-current = threading.local()
+this_thread = threading.local()
 
 
 def _thread_clock() -> int | None:
     """The calling thread's CPU clock, looked up once per thread."""
-    clock: int | None = getattr(current, "clock", None)
+    clock: int | None = getattr(this_thread, "clock", None)
     if clock is None:
-        clock = current.clock = cpu_clock(threading.get_ident())
+        clock = this_thread.clock = cpu_clock(threading.get_ident())
     return clock
 
 

@@ -29,10 +29,10 @@ from .alarm import LoopAlarm
 from .causes import Cause
 from .diagnosis import Diagnostician
 from .dumpfile import DumpFile, default_dump_path
-from .gaps import NOTICEABLE, Gap, OwnWaits
+from .gaps import NOTICEABLE_GAP, Gap, OwnWaits
 from .probes import GcTimer, Probes, read_clock, schedstat, scheduling
 from .stacks import culprit, format_stack, outside_the_watchdog, thread_label
-from .units import HANDLER, LOOP, PROCESS, Ended, Fields, Stack, Unit, Window, current
+from .units import HANDLER, LOOP, PROCESS, Ended, Fields, Stack, Unit, Window, this_thread
 
 log = get_logger(__name__)
 
@@ -141,7 +141,7 @@ class StallWatchdog:
     def _add_handler(self, unit: Unit) -> None:
         with self._lock:
             self._handlers.add(unit)
-        current.watch = (self, unit)
+        this_thread.watch = (self, unit)
 
     def _settle(self, unit: Unit) -> None:
         """Stop watching ``unit`` (on its own thread); report its last stretch if it stalled."""
@@ -173,7 +173,7 @@ class StallWatchdog:
         ``end``: the watchdog was kept from running then, or has not run since."""
         if self._thread is None:
             return False
-        if end - self._last_tick > self.tick + NOTICEABLE:
+        if end - self._last_tick > self.tick + NOTICEABLE_GAP:
             return True
         return self._diagnosis.held_during(start, end) > self.threshold
 
@@ -293,7 +293,7 @@ class StallWatchdog:
                 # The GIL can be taken from this thread in the middle of a tick or a report (C
                 # code that starts while it reads a file). A stall that ended meanwhile must be
                 # judged with the gap it made: observe again first.
-                if time.monotonic() - self._last_tick > NOTICEABLE:
+                if time.monotonic() - self._last_tick > NOTICEABLE_GAP:
                     self._observe(slept=0.0)
                 self._report(self._ended.popleft())
             if self._stopping:
@@ -350,12 +350,12 @@ class StallWatchdog:
         # How long this thread waited for the GIL or for a CPU since the last tick: time in
         # which the process was not paused, whatever the other threads did.
         waited, queued = self._own.read()
-        if late > NOTICEABLE or self._ticks % _FULL_EVERY == 0:
+        if late > NOTICEABLE_GAP or self._ticks % _FULL_EVERY == 0:
             # A late tick: a thread new since may hold the GIL.
             self._diagnosis.history.append(self._probes.take(full=True))
         elif used > _IDLE_CPU * self.tick or self._handlers or self._loop_overdue(now):
             self._diagnosis.history.append(self._probes.take())
-        if late > NOTICEABLE:
+        if late > NOTICEABLE_GAP:
             # Some thread held the GIL the watchdog waited for, or the watchdog waited for a
             # CPU: the process ran. Neither (and no CPU used) means it was paused.
             active = max(waited, used)
@@ -521,7 +521,7 @@ class _Watched:
         self.watchdog._add_handler(self.unit)
 
     def __exit__(self, *_: object) -> None:
-        current.watch = None
+        this_thread.watch = None
         self.watchdog._settle(self.unit)
 
 
@@ -530,7 +530,7 @@ def waiting() -> Iterator[None]:
     """Mark the current sync handler as waiting for offloaded work, not stalled, during the
     block: its stall clock stops, and starts again from zero afterwards. Outside a watched
     handler this does nothing."""
-    watch: tuple[StallWatchdog, Unit] | None = getattr(current, "watch", None)
+    watch: tuple[StallWatchdog, Unit] | None = getattr(this_thread, "watch", None)
     if watch is None:
         yield
         return
