@@ -20,7 +20,9 @@ PING = f"/{SERVICE}/Ping"
 GARBAGE = b"\x0a\xff\xff\xff\x0f garbage"
 
 
-def test_every_call_of_a_quiet_service_is_logged_by_default(start_service: Callable[..., ServiceProcess]) -> None:
+def test_every_call_of_a_quiet_service_is_logged_by_default(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
     service = start_grpc(start_service)
     _ping(service, ["all-0", "all-1", "all-2"])
     wait_until(lambda: len(_lines(service)) == 3, what="an access log line per call")

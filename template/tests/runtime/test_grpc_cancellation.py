@@ -46,14 +46,16 @@ def test_a_cancelled_call_stops_its_process_and_a_queued_one_is_dropped() -> Non
         with service.channel() as channel:
             give_up(service, channel, "process", 2)  # one runs (its worker is killed), one queued
             wait_until(
-                lambda: service.metric(
-                    "offload_killed_total", executor="process", reason="cancelled"
-                )
-                == 1,
+                lambda: (
+                    service.metric("offload_killed_total", executor="process", reason="cancelled")
+                    == 1
+                ),
                 30,
                 "the running call's worker to be killed",
             )
-            assert service.metric("offload_cancelled_total", executor="process", stage="queued") == 1
+            assert (
+                service.metric("offload_cancelled_total", executor="process", stage="queued") == 1
+            )
             stub = documents_pb2_grpc.DocumentServiceStub(channel)
 
             def served() -> bool:  # once the new worker is up

@@ -37,8 +37,9 @@ def test_a_disconnected_clients_process_call_is_stopped_and_its_queued_one_dropp
     with running_http(test_routes=True, **settings) as service:
         give_up(service, "process", 2)  # the first runs (its worker is killed), one is queued
         wait_until(
-            lambda: service.metric("offload_killed_total", executor="process", reason="cancelled")
-            == 1,
+            lambda: (
+                service.metric("offload_killed_total", executor="process", reason="cancelled") == 1
+            ),
             30,
             "the running call's worker to be killed",
         )

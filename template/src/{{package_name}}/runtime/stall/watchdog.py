@@ -474,7 +474,9 @@ class StallWatchdog:
                 self._log_pause(unit.kind, ended.duration, ended.duration, **extra, hint=hint)
             return
         seen_until = self._diagnosis.history[-1].at  # the snapshot just taken
-        stack = self._diagnosis.stack_for(unit, cause, ended.stack, (ended.started, seen_until), extra)
+        stack = self._diagnosis.stack_for(
+            unit, cause, ended.stack, (ended.started, seen_until), extra
+        )
         request = ended.task
         peeked_at, peeked = self._peeked
         if unit.kind == LOOP and not request and ended.started < peeked_at <= seen_until:
