@@ -6,7 +6,7 @@ and the OpenTelemetry context (``traceparent``, ``tracestate``, ``baggage``, as 
 propagators write them) travel as a plain dict: :func:`snapshot` and :func:`restore`.
 
 The trace context itself is OpenTelemetry's: the transports' instrumentations extract it from
-the incoming request when spans are exported, :func:`continue_trace` when they are not.
+the incoming request when spans are exported; when they are not, :func:`bind` does.
 :func:`bind` also keeps the request's ``traceparent`` with its id, where a stall report can
 read it from another thread (:func:`snapshot_of`).
 """
@@ -126,18 +126,6 @@ def trace_header_names() -> frozenset[str]:
     return frozenset(propagate.get_global_textmap().fields)
 
 
-def continue_trace(headers: Mapping[str, str]) -> AbstractContextManager[None]:
-    """Make the trace context of a request's ``headers`` current for the block, as an
-    instrumentation does for its server span, without the span. Nothing to do without them.
-    """
-    # The functions a transport calls for every request return a no-op when there is nothing
-    # to do: a generator-based context manager costs microseconds even then.
-    if not headers:
-        return nullcontext()
-    current = _request.get()
-    return _Request(current.request_id, current.traceparent, current.deadline, headers)
-
-
 def current_deadline() -> float | None:
     """The request's deadline (a ``time.monotonic()`` value), or ``None`` if it has none."""
     return _request.get().deadline
@@ -171,7 +159,8 @@ def bind(
 ) -> AbstractContextManager[None]:
     """Make ``request_id`` current for the duration of the block; with ``budget``, a deadline
     that many seconds from now (:func:`deadline_after`); with ``caller_trace``, the caller's
-    trace context from its headers (:func:`continue_trace`). A transport binds each request so.
+    trace context from its headers, current as an instrumentation would make it, without a
+    span. A transport binds each request so.
 
     The trace context that is current then (the caller's, or the server span of the
     transport's instrumentation) is remembered as the request's ``traceparent``. A transport
