@@ -24,7 +24,6 @@ import http.client
 import importlib
 import json
 import multiprocessing
-import os
 import re
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service import process_cpu
+from service import TICK, process_cpu
 
 PROBE_INTERVAL = 0.2
 PROBE_TIMEOUT = 1.0
@@ -147,7 +146,7 @@ def _machine_busy() -> float:
     """CPU seconds the machine has spent busy (neither idle nor waiting for I/O), all CPUs."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user time
+    return (sum(fields[:8]) - idle) / TICK  # guest time is in user time already
 
 
 class Clock:

@@ -42,21 +42,21 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(thread), cpus)
 
 
+TICK = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
+
+
 def process_cpu(pid: int) -> tuple[int, float]:
     """Process ``pid``'s parent and the CPU seconds it has used so far, all its threads, user
     and system (Linux: ``/proc/<pid>/stat``)."""
     # After the command's name in parentheses (which may hold spaces): state, ppid, ...;
     # utime and stime are the 14th and 15th fields of the line.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
 def cpu_seconds(pid: int) -> float:
     """The CPU seconds process ``pid`` has used so far, all its threads."""
     return process_cpu(pid)[1]
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def settings_env(project: Path, **settings: object) -> dict[str, str]:

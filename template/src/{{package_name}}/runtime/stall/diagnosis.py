@@ -49,6 +49,7 @@ class Diagnostician:
 
     def held_during(self, start: float, end: float) -> float:
         """Seconds between ``start`` and ``end`` in which the watchdog waited for the GIL."""
+        # A copy: a handler thread asks while the watchdog thread may be adding a gap.
         return within(list(self.gaps), start, end, HELD)
 
     def withheld_since(self, start: float) -> dict[str, float]:
