@@ -73,7 +73,8 @@ def count(project: Path) -> dict[str, tuple[int, int]]:
 
 def render(ref: str, transport: str, into: Path) -> Path:
     target = into / transport
-    command = ["copier", "copy", "--quiet", "--trust", "--defaults", "--skip-tasks"]
+    copier = Path(sys.executable).parent / "copier"  # this interpreter's; PATH may lack it
+    command = [str(copier), "copy", "--quiet", "--trust", "--defaults", "--skip-tasks"]
     command += ["--data", f"transport={transport}", "--vcs-ref", ref]
     subprocess.run([*command, str(REPO), str(target)], check=True, capture_output=True)
     return target
