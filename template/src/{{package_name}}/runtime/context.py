@@ -114,13 +114,6 @@ def current_traceparent() -> str | None:
     return _request.get().traceparent
 
 
-def trace_headers() -> dict[str, str]:
-    """The current OpenTelemetry context as propagation headers (``traceparent``, ...)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
-
-
 def trace_header_names() -> frozenset[str]:
     """The headers the configured propagators read: ``traceparent``, ``tracestate``, ``baggage``."""
     return frozenset(propagate.get_global_textmap().fields)
@@ -179,7 +172,9 @@ def _traceparent_of(span: trace.SpanContext) -> str:
 
 def snapshot() -> dict[str, str | None]:
     """The request id and the current trace context as a plain, picklable dict."""
-    return {"request_id": _request.get().request_id, **trace_headers()}
+    values = {"request_id": _request.get().request_id}
+    propagate.inject(values)  # traceparent, tracestate, baggage: as the propagators write them
+    return values
 
 
 def snapshot_of(ctx: Context) -> dict[str, str | None]:

@@ -41,35 +41,30 @@ class LineBuffer:
 
     def __init__(self) -> None:
         self.stream: TextIO = sys.stdout
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._writing = threading.Lock()
-        self._waiting = threading.Event()  # set while lines wait to be written
         self._flusher: threading.Thread | None = None
         self._lost = 0  # lines lost since writing last worked
+        self._after_fork()
         os.register_at_fork(before=self.flush, after_in_child=self._after_fork)
 
-    def use(self, stream: TextIO) -> LineBuffer:
+    def use(self, stream: TextIO) -> None:
         """Write to ``stream`` from now on (what is kept goes to the previous one first)."""
         self.flush()
         self.stream = stream
         if self._flusher is None:
             self._start_flusher()
-        return self
 
     def _start_flusher(self) -> None:
-        self._flusher = threading.Thread(target=self._flush_often, name="log-flush")
-        self._flusher.daemon = True
+        self._flusher = threading.Thread(target=self._flush_often, name="log-flush", daemon=True)
         self._flusher.start()
 
     def _after_fork(self) -> None:
         """In a forked child: new locks (another thread may have held the parent's as it
         forked, and nothing would release them here) and a flushing thread of its own.
         """
-        self._lines = []
+        self._lines: list[str] = []
         self._lock = threading.Lock()
         self._writing = threading.Lock()
-        self._waiting = threading.Event()
+        self._waiting = threading.Event()  # set while lines wait to be written
         if self._flusher is not None:
             self._start_flusher()
 
@@ -140,16 +135,15 @@ class BufferedLogger:
     from warning level up. ``name`` is what ``add_logger_name`` puts in each line.
     """
 
-    def __init__(self, lines: LineBuffer, name: str) -> None:
-        self.lines = lines
+    def __init__(self, name: str) -> None:
         self.name = name
 
     def msg(self, message: str) -> None:
-        self.lines.write(message + "\n")
+        LINES.write(message + "\n")
 
     def flushed(self, message: str) -> None:
-        self.lines.write(message + "\n")
-        self.lines.flush()
+        LINES.write(message + "\n")
+        LINES.flush()
 
     debug = info = log = msg
     warn = warning = err = error = critical = exception = fatal = failure = flushed

@@ -32,19 +32,14 @@ from .log_lines import LINES, BufferedLogger
 LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 
-def _standard_fields(static: Mapping[str, object]) -> Processor:
+def _standard_fields(logger: Any, method: str, event: EventDict) -> EventDict:
     """What every line has, added in one step (it runs for every line): the level, the
     logger's name, the time, the request id and the trace and span ids of the request being
-    handled, and the ``static`` fields.
+    handled, and the fields given to :func:`configure_logging`.
     """
-    static_items = tuple(static.items())
-
-    def add(logger: Any, method: str, event: EventDict) -> EventDict:
-        record = event.get("_record")  # a standard library record, formatted by structlog
-        name = record.name if record is not None else logger.name
-        return _add_standard(event, LEVEL_NAMES.get(method, method), name, static_items)
-
-    return add
+    record = event.get("_record")  # a standard library record, formatted by structlog
+    name = record.name if record is not None else logger.name
+    return _add_standard(event, LEVEL_NAMES.get(method, method), name)
 
 
 def _stack_as_text(logger: Any, method: str, event: EventDict) -> EventDict:
@@ -56,9 +51,7 @@ def _stack_as_text(logger: Any, method: str, event: EventDict) -> EventDict:
     return event
 
 
-def _add_standard(
-    event: EventDict, level: str, name: str, static_items: tuple[tuple[str, object], ...]
-) -> EventDict:
+def _add_standard(event: EventDict, level: str, name: str) -> EventDict:
     event.setdefault("level", level)
     event.setdefault("logger", name)
     event.setdefault("timestamp", _timestamp())
@@ -69,7 +62,7 @@ def _add_standard(
     if span.is_valid:  # as hex, the way trace UIs show them
         event.setdefault("trace_id", trace.format_trace_id(span.trace_id))
         event.setdefault("span_id", trace.format_span_id(span.span_id))
-    for key, value in static_items:
+    for key, value in _output.static_items:
         event.setdefault(key, value)
     return event
 
@@ -98,7 +91,7 @@ def configure_logging(
     (aligned text for a terminal). ``fields`` are added to every line (e.g. a worker's pid).
     Calling it again replaces the previous configuration.
     """
-    shared: list[Processor] = [_standard_fields(fields or {})]
+    shared: list[Processor] = [_standard_fields]
     output = stream if stream is not None else sys.stdout
     renderer: list[Processor]
     if fmt == "console":
@@ -112,11 +105,11 @@ def configure_logging(
             ),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
-    lines = LINES.use(output)
+    LINES.use(output)
     # The standard library's records (uvicorn, grpc, other libraries) get the same processors
     # through a formatter, and go through the same buffer, so the output keeps its order; the
     # service's own events skip the standard library altogether, which halves their cost.
-    handler = logging.StreamHandler(lines)
+    handler = logging.StreamHandler(LINES)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -134,7 +127,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_output.level),
-        logger_factory=lambda name="root", *_: BufferedLogger(lines, name),
+        logger_factory=lambda name="root", *_: BufferedLogger(name),
         cache_logger_on_first_use=True,
     )
 
@@ -208,7 +201,7 @@ class RequestLogger:
             getattr(self._structlog, method)(event, **fields)
             return
         fields["event"] = event
-        _add_standard(fields, method, self.name, _output.static_items)
+        _add_standard(fields, method, self.name)
         LINES.write(_dumps(fields) + "\n")
 
 

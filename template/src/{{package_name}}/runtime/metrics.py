@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Iterator
 from itertools import accumulate
 from wsgiref.simple_server import WSGIServer
@@ -105,20 +105,12 @@ class LoopLagWindow(Collector):
             self._cpu_scraped = cpu
         if due is None and not lags:
             return  # no loop is watched in this process
-        overdue = time.monotonic() - due if due is not None else 0.0
-        if overdue > 0:
-            lags.append(overdue)
-            lags.sort()
-        values = {"min": 0.0, "max": 0.0, "mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
-        if lags:
-            values.update(
-                min=lags[0],
-                max=lags[-1],
-                mean=sum(lags) / len(lags),
-                p50=_quantile(lags, 0.5),
-                p90=_quantile(lags, 0.9),
-                p99=_quantile(lags, 0.99),
-            )
+        if due is not None and (overdue := time.monotonic() - due) > 0:
+            insort(lags, overdue)
+        lags = lags or [0.0]  # no heartbeat in the window: every value is 0
+        values = {"min": lags[0], "max": lags[-1], "mean": sum(lags) / len(lags)}
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            values[name] = lags[min(len(lags) - 1, int(q * len(lags)))]
         for name, value in values.items():
             yield GaugeMetricFamily(
                 f"eventloop_lag_{name}_seconds",
@@ -132,10 +124,6 @@ class LoopLagWindow(Collector):
                 "loop thread spent on CPU (0 to 1).",
                 value=min(1.0, (cpu[1] - scraped[1]) / (cpu[0] - scraped[0])),
             )
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class RequestHistogram(Collector):

@@ -33,7 +33,6 @@ class Admission:
         self.queue: deque[Job] = deque()  # read without the lock only to count
         self.running: set[Job] = set()
         self._recent: dict[str, deque[float]] = {}
-        self.admitted = 0
         self.accepting = False
         self.closed = False
 
@@ -43,7 +42,7 @@ class Admission:
             if not self.accepting:
                 reason = "shutting down" if self.closed else "not started"
                 raise OffloadRejected(f"the offloader is {reason}")
-            if self.admitted >= self.capacity:
+            if len(self.queue) + len(self.running) >= self.capacity:
                 raise OffloadRejected(
                     f"all {self.workers} offload workers are busy and "
                     f"{self.capacity - self.workers} calls are queued"
@@ -53,39 +52,31 @@ class Admission:
                     f"{job.label} could not finish before its request's deadline "
                     "even if it started now"
                 )
-            self.admitted += 1
             self.queue.append(job)
             self.job_ready.notify()
             self.changed.notify()
 
-    def next_job(self) -> tuple[Job | None, list[Job]]:
-        """Block until a call is worth starting and mark it running: ``(job, [])`` to run it,
-        ``(None, too_late)`` for calls to fail unstarted (then ask again; starting them would
-        cost a worker killed at the deadline), ``(None, [])`` when the pool is closing.
+    def next_job(self) -> Job | None:
+        """Block until a call is due and return it: marked running (``started`` set), or, if it
+        is too late to be worth starting, unstarted for the caller to fail (starting it would
+        cost a worker killed at the deadline). ``None`` when the pool is closing.
         """
-        too_late: list[Job] = []
         with self.lock:
             while True:
-                while not self.queue and not self.closed and not too_late:
+                while not self.queue and not self.closed:
                     self.job_ready.wait()
                 if not self.queue:
-                    return None, too_late
+                    return None
                 job = self.queue.popleft()
                 now = time.monotonic()
                 if self._too_late(job, now):
-                    self.admitted -= 1
-                    too_late.append(job)
-                    continue
-                if too_late:  # fail those first; this one goes back to the front
-                    self.queue.appendleft(job)
-                    return None, too_late
+                    return job
                 if not job.future.set_running_or_notify_cancel():
-                    self.admitted -= 1  # cancelled while queued: nothing to run
-                    continue
+                    continue  # cancelled while queued: nothing to run
                 job.start(now)
                 self.running.add(job)
                 self.changed.notify()
-                return job, too_late
+                return job
 
     def _too_late(self, job: Job, now: float) -> bool:
         """Whether ``job``'s request has less time left than the floor, or than its function's
@@ -103,14 +94,12 @@ class Admission:
                 self.queue.remove(job)
             except ValueError:
                 return False
-            self.admitted -= 1
             return True
 
     def finish(self, job: Job, *, succeeded: bool) -> None:
         """The worker that ran ``job`` is free again."""
         with self.lock:
             self.running.discard(job)
-            self.admitted -= 1
             if succeeded and job.started is not None:
                 recent = self._recent.setdefault(job.label, deque(maxlen=_RECENT_RUNS))
                 recent.append(time.monotonic() - job.started)
@@ -123,7 +112,6 @@ class Admission:
             self.closed = True
             dropped = list(self.queue)
             self.queue.clear()
-            self.admitted -= len(dropped)
             self.job_ready.notify_all()
             self.changed.notify_all()
             return dropped
@@ -132,19 +120,15 @@ class Admission:
         """Queued calls past their queue deadline (removed), running calls past their run
         deadline, and when the next deadline falls. Call with the lock held.
         """
-        expired_queued = [j for j in self.queue if j.queue_deadline and j.queue_deadline <= now]
-        for job in expired_queued:
+        expired = [job for job in self.queue if job.queue_deadline and job.queue_deadline <= now]
+        for job in expired:
             self.queue.remove(job)
-            self.admitted -= 1
-        overdue_running = [
-            job
-            for job in self.running
-            if job.stop_reason is None and job.run_deadline and job.run_deadline <= now
-        ]
+        running = [job for job in self.running if job.stop_reason is None]
+        overdue = [job for job in running if job.run_deadline and job.run_deadline <= now]
+        # Only read when nothing is overdue: every deadline left is then still to come.
         upcoming = [job.queue_deadline for job in self.queue]
-        upcoming += [job.run_deadline for job in self.running if job.stop_reason is None]
-        deadlines = [t for t in upcoming if t is not None and t > now]
-        return expired_queued, overdue_running, min(deadlines, default=None)
+        upcoming += [job.run_deadline for job in running]
+        return expired, overdue, min(filter(None, upcoming), default=None)
 
     def oldest_running_age(self) -> float:
         """Seconds the longest-running call has been running (0 when none runs)."""

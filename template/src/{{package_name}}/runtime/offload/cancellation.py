@@ -31,27 +31,22 @@ class CancelScope:
         self._on_end = on_end
         self._lock = threading.Lock()
         self._jobs: dict[Job, Offloader] = {}
-        self._token: Token[CancelScope | None] | None = None
         self.cancelled = False
 
     def __enter__(self) -> CancelScope:
-        self._token = _scope.set(self)
+        self._token: Token[CancelScope | None] = _scope.set(self)
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._token is not None:
-            _scope.reset(self._token)
+        _scope.reset(self._token)
 
     def track(self, pool: Offloader, job: Job) -> None:
-        on_end, self._on_end = self._on_end, None
-        if on_end is not None and not on_end(self.cancel):
-            self.cancel()  # the request has already ended
         with self._lock:
+            self._jobs[job] = pool
             cancelled = self.cancelled
-            if not cancelled:
-                self._jobs[job] = pool
-        if cancelled:
-            pool.abandon(job)
+        on_end, self._on_end = self._on_end, None
+        if cancelled or (on_end is not None and not on_end(self.cancel)):
+            self.cancel()  # cancelled already, or the request has already ended
 
     def untrack(self, job: Job) -> None:
         with self._lock:
@@ -66,6 +61,4 @@ class CancelScope:
             pool.abandon(job)
 
 
-def cancel_scope(on_end: OnEnd | None = None) -> CancelScope:
-    """A scope for the block's calls; the first one gives ``on_end`` the scope's ``cancel``."""
-    return CancelScope(on_end)
+cancel_scope = CancelScope  # as the transports and the docs write it: ``with cancel_scope(...):``

@@ -61,6 +61,6 @@ DURATION = Histogram(
 )
 WORKER_CRASHES = Counter(
     "offload_worker_crashes",
-    "Offload worker processes that were replaced: crash, timeout, cancelled or shutdown.",
-    ["reason"],
+    "Offload worker processes replaced, by reason: crash, timeout, cancelled, dead, shutdown.",
+    ["executor", "reason"],
 )

@@ -308,14 +308,11 @@ class Offloader:
 
     def next_job(self) -> Job | None:
         """The next call for a worker to run, or ``None`` when the pool is closing."""
-        while True:
-            job, too_late = self.admission.next_job()
-            for late in too_late:
-                message = f"{late.label} was not started: its request had too little time left"
-                late.drop(OffloadTimeout(message))
-                metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
-            if job is not None or not too_late:
-                return job
+        while (job := self.admission.next_job()) is not None and job.started is None:
+            message = f"{job.label} was not started: its request had too little time left"
+            job.drop(OffloadTimeout(message))
+            metrics.TIMED_OUT.labels(executor=self.executor, stage="not_started").inc()
+        return job
 
     def complete(self, job: Job, result: Any, error: BaseException | None) -> None:
         """The worker that ran ``job`` is free again: give back its place, then answer the

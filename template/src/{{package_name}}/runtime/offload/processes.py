@@ -117,7 +117,7 @@ class ProcessWorker:
 
     def _replace(self, reason: str) -> None:
         self.kill()
-        metrics.WORKER_CRASHES.labels(reason=reason).inc()
+        metrics.WORKER_CRASHES.labels(executor="process", reason=reason).inc()
         if self._pool.admission.closed:
             return
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -32,45 +31,34 @@ def quota_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # cgroup v2: one unified hierarchy
-            quotas += _quotas(root, path, _v2_quota)
+            quotas += _quotas(root, path, ("cpu.max",))
         elif "cpu" in controllers.split(","):
             for mount in (root / controllers, root / "cpu", root / "cpu,cpuacct"):
                 if mount.is_dir():
-                    quotas += _quotas(mount, path, _v1_quota)
+                    quotas += _quotas(mount, path, ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
                     break
     return min(quotas, default=None)
 
 
-def _quotas(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+def _quotas(mount: Path, path: str, files: tuple[str, ...]) -> list[float]:
     """Quotas along ``path`` from the mount up; inside a container the path may not exist
     under the mount (its own cgroup is the mount's root), so the root itself is read too.
     """
     directory = mount / path.lstrip("/")
     within = [d for d in (directory, *directory.parents) if d == mount or mount in d.parents]
-    return [quota for quota in map(read, within) if quota is not None]
+    return [quota for d in within if (quota := _quota(d, files)) is not None]
 
 
-def _v2_quota(directory: Path) -> float | None:
-    """``cpu.max``: ``"<quota> <period>"``, or ``"max <period>"`` for none."""
+def _quota(directory: Path, files: tuple[str, ...]) -> float | None:
+    """``cpu.max`` (v2: ``"<quota> <period>"``, ``"max <period>"`` for none), or
+    ``cpu.cfs_quota_us`` (``-1`` for none) and ``cpu.cfs_period_us`` (v1).
+    """
     try:
-        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        text = " ".join((directory / name).read_text() for name in files)
+        quota, period = (int(number) for number in text.split()[:2])
     except (OSError, ValueError):
         return None
-    if quota == "max" or int(period) <= 0:
-        return None
-    return int(quota) / int(period)
-
-
-def _v1_quota(directory: Path) -> float | None:
-    """``cpu.cfs_quota_us`` (``-1`` for none) and ``cpu.cfs_period_us``."""
-    try:
-        quota = int((directory / "cpu.cfs_quota_us").read_text())
-        period = int((directory / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    if quota <= 0 or period <= 0:
-        return None
-    return quota / period
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def usable_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> int:

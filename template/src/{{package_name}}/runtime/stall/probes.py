@@ -98,6 +98,7 @@ def _throttle_counter() -> tuple[KernelFile, bytes, float] | None:
         counter = KernelFile(path)
         if key in (counter.read() or b""):
             return counter, key, scale
+        counter.close()  # not this kernel's file, or not its counter
     return None
 
 
@@ -147,7 +148,6 @@ class Snapshot:
     waits, throttling, steal): each read lets another thread take the GIL, so it is rare."""
 
     at: float
-    process_cpu: float
     threads: dict[int, float] = field(default_factory=dict)  # thread ident -> CPU seconds
     gc: float = 0.0
     full: bool = False
@@ -198,7 +198,7 @@ class Probes:
             self._watch_threads()
         readings = {ident: read_clock(clock) for ident, clock in self._clocks.items()}
         threads = {ident: cpu for ident, cpu in readings.items() if cpu is not None}
-        light = Snapshot(now, time.process_time(), threads, self.gc_timer.reading(now))
+        light = Snapshot(now, threads, self.gc_timer.reading(now))
         if not full:
             return light
         counts = {ident: scheduling(stat) for ident, stat in self._stats.items()}

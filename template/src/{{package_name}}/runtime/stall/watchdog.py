@@ -171,11 +171,10 @@ class StallWatchdog:
     def _gil_held_during(self, start: float, end: float) -> bool:
         """Whether another thread may have held the GIL for a threshold between ``start`` and
         ``end``: the watchdog was kept from running then, or has not run since."""
-        if self._thread is None:
-            return False
-        if end - self._last_tick > self.tick + NOTICEABLE_GAP:
-            return True
-        return self._diagnosis.held_during(start, end) > self.threshold
+        return self._thread is not None and (
+            end - self._last_tick > self.tick + NOTICEABLE_GAP
+            or self._diagnosis.held_during(start, end) > self.threshold
+        )
 
     def _log_slow(self, ended: Ended) -> None:
         SLOW_HANDLERS.inc()
@@ -237,9 +236,7 @@ class StallWatchdog:
         idle = cpu - unit.cpu_start < _IDLE_CPU * (now - unit.started)
         interval = self.rest_interval if idle else self.lag_interval
         with self._lock:
-            ended = None
-            if unit.reported or lag > self.threshold:
-                ended = unit.ended(now, lag, cpu)
+            ended = unit.ended(now, lag, cpu) if unit.reported or lag > self.threshold else None
             unit.moved()
             unit.started, unit.cpu_start = now, cpu
             unit.since = now + interval
@@ -262,43 +259,37 @@ class StallWatchdog:
         self._last_tick, self._last_process_cpu = time.monotonic(), time.process_time()
         self._own.read()
         try:
-            while not self._watched_to_the_end():
-                pass
+            self._watch()
         finally:
             own_stat.close()
 
-    def _watched_to_the_end(self) -> bool:
-        """Watch until stopped (``True``); ``False`` after an error, logged. A report that
-        failed (a log processor that raised, say) must not end the watching: the next stall
-        would go unreported, and a hung service would look healthy.
-        """
-        try:
-            self._watch()
-        except Exception:
-            try:
-                log.exception("stall_watchdog_error")
-            except Exception:  # the logging itself is what fails: stderr, as Python would
-                traceback.print_exc()
-            return False
-        return True
-
     def _watch(self) -> None:
+        """Watch until stopped. A report that fails (a log processor that raised, say) is
+        logged and must not end the watching: the next stall would go unreported, and a hung
+        service would look healthy.
+        """
         while True:
-            self._bell.acquire(timeout=self.tick)
-            # First, before anything that could let the loop thread move on: which task is it
-            # running? After a GIL-held stall this is the moment the blocking step ends.
-            self._note_loop_task()
-            self._observe(slept=self.tick)
-            while self._ended:
-                # The GIL can be taken from this thread in the middle of a tick or a report (C
-                # code that starts while it reads a file). A stall that ended meanwhile must be
-                # judged with the gap it made: observe again first.
-                if time.monotonic() - self._last_tick > NOTICEABLE_GAP:
-                    self._observe(slept=0.0)
-                self._report(self._ended.popleft())
-            if self._stopping:
-                return
-            self._check()
+            try:
+                self._bell.acquire(timeout=self.tick)
+                # First, before anything that could let the loop thread move on: which task is
+                # it running? After a GIL-held stall this is the moment the blocking step ends.
+                self._note_loop_task()
+                self._observe(slept=self.tick)
+                while self._ended:
+                    # The GIL can be taken from this thread in the middle of a tick or a report
+                    # (C code that starts while it reads a file). A stall that ended meanwhile
+                    # must be judged with the gap it made: observe again first.
+                    if time.monotonic() - self._last_tick > NOTICEABLE_GAP:
+                        self._observe(slept=0.0)
+                    self._report(self._ended.popleft())
+                if self._stopping:
+                    return
+                self._check()
+            except Exception:
+                try:
+                    log.exception("stall_watchdog_error")
+                except Exception:  # the logging itself is what fails: stderr, as Python would
+                    traceback.print_exc()
 
     def _note_loop_task(self) -> None:
         """Remember the task an overdue loop is running, for the report at the stall's end."""
@@ -423,11 +414,9 @@ class StallWatchdog:
                     unit.task = tasks.running_task(self._loop)
                 cpu = read_clock(unit.clock)
                 cpu = None if cpu is None else cpu - unit.cpu_start
-                if unit.kind == HANDLER:  # a handler that waits is not stalled
-                    stuck = cpu is not None and cpu > self.threshold
-                else:
-                    stuck = now - unit.since > self.threshold
-                if stuck:
+                # A handler by its CPU time (one that waits is not stalled), the loop by wall time.
+                stuck_for = (cpu or 0.0) if unit.kind == HANDLER else now - unit.since
+                if stuck_for > self.threshold:
                     due.append((unit, unit.generation, cpu))
             return due
 

@@ -100,6 +100,4 @@ def tracing_interceptor() -> grpc.aio.ServerInterceptor:
     ``tracing_interceptor`` (``sync_interceptors.py``), with the same filter."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 
-    made = aio_server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call]
-    interceptor: grpc.aio.ServerInterceptor = made
-    return interceptor
+    return aio_server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call, no-any-return]

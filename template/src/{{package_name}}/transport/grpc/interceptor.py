@@ -33,14 +33,6 @@ if TYPE_CHECKING:
     # type statement).
     Handler = grpc.RpcMethodHandler[Any, Any]
 
-_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
-
 class Context(Protocol):
     """What the core reads from either flavour's servicer context."""
 
@@ -88,19 +80,15 @@ class InterceptorCore:
         return handler
 
     def _rebuild(self, handler: Handler, method: str) -> Handler:
+        streams = handler.request_streaming, handler.response_streaming
+        kind = "_".join("stream" if streaming else "unary" for streaming in streams)
+        wrapped = self.handle(getattr(handler, kind), method, streamed=handler.response_streaming)
         deserializer = handler.request_deserializer
         if not handler.request_streaming:
             deserializer = tolerant(deserializer)  # garbage: INVALID_ARGUMENT, not INTERNAL
-        for kind, factory in _FACTORIES.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                wrapped = self.handle(behavior, method, streamed=handler.response_streaming)
-                return factory(
-                    wrapped,
-                    request_deserializer=deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        raise ValueError(f"{method}: a handler without a behaviour")
+        return handler._replace(  # type: ignore[attr-defined, no-any-return]
+            **{kind: wrapped, "request_deserializer": deserializer}
+        )
 
     def handle(self, behavior: Any, method: str, *, streamed: bool) -> Any:
         """The flavour's wrapper around one method's behaviour."""

@@ -11,7 +11,7 @@ the calls the access log's sampling leaves out.
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import grpc
 from prometheus_client import Gauge
@@ -56,9 +56,9 @@ class MethodMetrics:
         self.name = method.removeprefix("/")  # the path is "/package.Service/Method"
         # The calls in flight, counted when scraped: adding to and removing from a set takes
         # no lock, where a gauge's inc() and dec() take one each, on every call.
-        self.active: set[object] = set()
+        self.active = _active.setdefault(self.name, set())  # one set per method, however made
         active = ACTIVE_CALLS.labels(rpc_system_name=SYSTEM, rpc_method=self.name)
-        active.set_function(lambda: len(self.active))
+        active.set_function(self.active.__len__)
         self._labels: dict[grpc.StatusCode, tuple[str, ...]] = {}
 
     def observe(self, code: grpc.StatusCode, seconds: float) -> None:
@@ -72,16 +72,7 @@ class MethodMetrics:
         CALL_DURATION.observe(labels, seconds, request_exemplar())
 
 
-_methods: dict[str, MethodMetrics] = {}
-_making = threading.Lock()
-
-
-def method_metrics(method: str) -> MethodMetrics:
-    """The metrics of ``method`` (``/package.Service/Method``), made at its first call."""
-    found = _methods.get(method)
-    if found is None:
-        with _making:  # one per method: its in-flight gauge reads that one's set
-            found = _methods.get(method)
-            if found is None:
-                found = _methods[method] = MethodMetrics(method)
-    return found
+_active: dict[str, set[object]] = {}
+# The metrics of a method (``/package.Service/Method``), made at its first call; two threads
+# making them at once is harmless, as both share the method's set of calls in flight.
+method_metrics = functools.cache(MethodMetrics)

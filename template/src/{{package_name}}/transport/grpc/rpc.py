@@ -9,7 +9,6 @@ seconds: they get no record, no log line and no metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -37,20 +36,6 @@ def is_traced(details: grpc.HandlerCallDetails) -> bool:
     """Whether RPCs like ``details`` get a server span: the observed ones (not health checks or
     reflection, polled every few seconds)."""
     return is_observed(details.method)
-
-
-def _read(
-    metadata: Iterable[tuple[str, str | bytes]] | None, trace_keys: frozenset[str]
-) -> tuple[str | None, dict[str, str]]:
-    """The ``x-request-id`` and the trace context entries (``trace_keys``) of ``metadata``."""
-    request_id = None
-    trace: dict[str, str] = {}
-    for name, value in metadata or ():
-        if name == REQUEST_ID_KEY and isinstance(value, str):
-            request_id = value
-        elif name in trace_keys and isinstance(value, str):
-            trace[name] = value
-    return request_id, trace
 
 
 class AccessLog:
@@ -113,18 +98,22 @@ class RpcRecord:
         self.metrics = metrics
         self.access_log = access_log
         self.context = context
-        request_id, self.trace = _read(context.invocation_metadata(), trace_keys)
+        request_id = None
+        trace: dict[str, str] = {}
+        for name, value in context.invocation_metadata() or ():
+            if name == REQUEST_ID_KEY and isinstance(value, str):
+                request_id = value
+            elif name in trace_keys and isinstance(value, str):
+                trace[name] = value
         self.request_id = accept_request_id(request_id)
+        # What the server sends back: the request id it used.
+        self.response_metadata = ((REQUEST_ID_KEY, self.request_id),)
         remaining = context.time_remaining()
-        self.time_remaining = None if remaining is None or remaining > NO_DEADLINE else remaining
+        budget = None if remaining is None or remaining > NO_DEADLINE else remaining
         # No trace keys: OpenTelemetry's interceptor continues the caller's trace (None).
-        caller_trace = self.trace if trace_keys else None
-        self._bound = bind(self.request_id, budget=self.time_remaining, caller_trace=caller_trace)
-
-    @property
-    def response_metadata(self) -> tuple[tuple[str, str]]:
-        """What the server sends back: the request id it used."""
-        return ((REQUEST_ID_KEY, self.request_id),)
+        self._bound = bind(
+            self.request_id, budget=budget, caller_trace=trace if trace_keys else None
+        )
 
     def __enter__(self) -> None:
         """While the RPC runs (``with record:``): its request id, the client's deadline and

@@ -25,12 +25,15 @@ class SyncHealth:
         self.names = (health.OVERALL_HEALTH, *services)
         self._servicer = health.HealthServicer(experimental_non_blocking=True)
         self._checks = ThreadPoolExecutor(2, thread_name_prefix="grpc-health")
-        self._watches = _EndableWatches(self._servicer.Watch, self._checks)
+        self._streams: set[_Stream] = set()  # the open Watch streams
         self._set_all(NOT_SERVING)
         self._servicer.set(LIVENESS, SERVING)
 
     def add_to(self, server: grpc.Server) -> None:
-        add_health_service(server, OnOwnThreads(self._servicer.Check, self._checks), self._watches)
+        # grpcio passes Watch a callback instead of taking a thread; starting a stream takes
+        # a thread for a moment: one of health's own, never a handler's.
+        watch = OnOwnThreads(self._watch, self._checks, non_blocking=True)
+        add_health_service(server, OnOwnThreads(self._servicer.Check, self._checks), watch)
 
     def serving(self) -> None:
         self._set_all(SERVING)
@@ -41,43 +44,19 @@ class SyncHealth:
 
     def end_watches(self) -> None:
         """End every open Watch stream (status OK), before the server stops."""
-        self._watches.end_all()
+        for stream in list(self._streams):
+            stream.send(None)
+
+    def _watch(self, request: Any, context: grpc.ServicerContext, send: Any) -> Any:
+        """grpcio's non-blocking Watch, keeping hold of each stream so that it can be ended."""
+        stream = _Stream(send)
+        self._streams.add(stream)
+        context.add_callback(lambda: self._streams.discard(stream))
+        return self._servicer.Watch(request, context, stream.send)
 
     def _set_all(self, status: int) -> None:
         for name in self.names:
             self._servicer.set(name, status)
-
-
-class _EndableWatches:
-    """grpcio's non-blocking Watch, keeping hold of each stream so that it can be ended."""
-
-    experimental_non_blocking = True  # grpcio passes a callback instead of taking a thread
-
-    def __init__(self, watch: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
-        self._watch = watch
-        # Starting a stream takes a thread for a moment: one of health's own, never a handler's.
-        self.experimental_thread_pool = pool
-        self._lock = threading.Lock()
-        self._open: set[_Stream] = set()
-
-    def __call__(
-        self, request: Any, context: grpc.ServicerContext, send_response_callback: Any
-    ) -> Any:
-        stream = _Stream(send_response_callback)
-        with self._lock:
-            self._open.add(stream)
-        context.add_callback(lambda: self._forget(stream))
-        return self._watch(request, context, stream.send)
-
-    def end_all(self) -> None:
-        with self._lock:
-            streams, self._open = self._open, set()
-        for stream in streams:
-            stream.send(None)
-
-    def _forget(self, stream: _Stream) -> None:
-        with self._lock:
-            self._open.discard(stream)
 
 
 class _Stream:
@@ -100,9 +79,12 @@ class _Stream:
 class OnOwnThreads:
     """A handler grpcio runs on ``experimental_thread_pool`` instead of its handler threads."""
 
-    def __init__(self, behavior: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, behavior: Callable[..., Any], pool: ThreadPoolExecutor, *, non_blocking: bool = False
+    ) -> None:
         self._behavior = behavior
         self.experimental_thread_pool = pool
+        self.experimental_non_blocking = non_blocking
 
-    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._behavior(request, context)
+    def __call__(self, *args: Any) -> Any:
+        return self._behavior(*args)

@@ -120,7 +120,8 @@ def _on_threads(handler: Handler, pool: ThreadPoolExecutor) -> Handler:
 
 def _fail(record: RpcRecord, context: grpc.ServicerContext, error: Exception) -> NoReturn:
     """Answer with the status ``error`` stands for; log it; never returns."""
-    chosen = _code_set_by_handler(context)
+    # grpcio's servicer context has code() (since 1.38); the type stubs do not list it.
+    chosen: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
     if chosen is not None and type(error) is Exception and not error.args:
         # The handler called context.abort(): grpcio raises a bare Exception after recording
         # the status the handler chose, which is what the client gets.
@@ -133,17 +134,11 @@ def _fail(record: RpcRecord, context: grpc.ServicerContext, error: Exception) ->
 
 def _final_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """The status the client sees for an RPC whose handler returned."""
-    if not context.is_active():
-        if deadline_passed(context):
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
-    return _code_set_by_handler(context) or grpc.StatusCode.OK
-
-
-def _code_set_by_handler(context: grpc.ServicerContext) -> grpc.StatusCode | None:
-    # grpcio's servicer context has code() (since 1.38); the type stubs do not list it.
-    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
-    return code
+    if context.is_active():
+        return context.code() or grpc.StatusCode.OK  # type: ignore[attr-defined]
+    if deadline_passed(context):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def tracing_interceptor() -> grpc.ServerInterceptor:
@@ -156,6 +151,4 @@ def tracing_interceptor() -> grpc.ServerInterceptor:
     """
     from opentelemetry.instrumentation.grpc import server_interceptor  # noqa: PLC0415
 
-    made = server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call]
-    interceptor: grpc.ServerInterceptor = made
-    return interceptor
+    return server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call, no-any-return]

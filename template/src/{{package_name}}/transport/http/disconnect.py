@@ -14,41 +14,30 @@ the code proxies use for "client closed request".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import Scope
 
 from ...runtime.logging import get_logger
 
-HANDLER_KEY = "handler_task"  # where the scope keeps the request's HandlerTask
+HANDLER_KEY = "handler_task"  # where the scope keeps the task handling the request
+ABANDONED_KEY = "handler_abandoned"  # set in the scope once its client has gone away
 CLIENT_CLOSED_REQUEST = 499
 
 log = get_logger(__name__)
 
 
-class HandlerTask:
-    """The task handling one request, for its connection to stop if the client goes away."""
-
-    def __init__(self, task: asyncio.Task[object]) -> None:
-        self.task = task
-        self.abandoned = False
-
-    def abandon(self) -> None:
-        if not self.task.done():
-            self.abandoned = True
-            self.task.cancel()
-
-    def end_quietly(self, scope: Scope) -> None:
-        """After the cancellation has unwound the abandoned request's handler: the request
-        ends normally, with nothing sent, and the log says what happened.
-        """
-        self.task.uncancel()
-        log.info("request_abandoned", method=scope["method"], path=scope["path"])
-
-
-def abandon_handler(scope: Mapping[str, Any]) -> None:
+def abandon_handler(scope: Any) -> None:  # uvicorn types it as a TypedDict
     """Called by the connection when it is lost with ``scope``'s response unfinished."""
-    handler = scope.get(HANDLER_KEY)
-    if isinstance(handler, HandlerTask):
-        handler.abandon()
+    task = scope.get(HANDLER_KEY)
+    if task is not None and not task.done():
+        scope[ABANDONED_KEY] = True
+        task.cancel()
+
+
+def end_quietly(task: asyncio.Task[object], scope: Scope) -> None:
+    """After the cancellation has unwound the abandoned request's handler: the request
+    ends normally, with nothing sent, and the log says what happened.
+    """
+    task.uncancel()
+    log.info("request_abandoned", method=scope["method"], path=scope["path"])

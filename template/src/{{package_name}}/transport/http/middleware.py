@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...runtime.context import accept_request_id, bind, trace_header_names
 from ...runtime.logging import RequestLogger
-from .disconnect import CLIENT_CLOSED_REQUEST, HANDLER_KEY, HandlerTask
+from .disconnect import ABANDONED_KEY, CLIENT_CLOSED_REQUEST, HANDLER_KEY, end_quietly
 from .metrics import ACCESS_LOG_SKIPPED, RequestDurations
 from .problems import problem_response
 
@@ -93,7 +93,7 @@ class RequestRecordMiddleware:
             elif name in self.trace_headers:
                 trace[name.decode("latin-1")] = value.decode("latin-1")
         request_id = accept_request_id(given_id)
-        handler = scope[HANDLER_KEY] = HandlerTask(task)
+        scope[HANDLER_KEY] = task
         status: int | None = None
 
         async def send_with_record(message: Message) -> None:
@@ -113,9 +113,9 @@ class RequestRecordMiddleware:
             try:
                 await self.app(scope, receive, send_with_record)
             except asyncio.CancelledError:
-                if not handler.abandoned:
+                if ABANDONED_KEY not in scope:
                     raise  # the server is stopping, or the handler cancelled something itself
-                handler.end_quietly(scope)
+                end_quietly(task, scope)
             except Exception:
                 log.exception("request_failed", method=scope["method"], path=scope["path"])
                 if status is not None:
@@ -123,7 +123,7 @@ class RequestRecordMiddleware:
                 response = problem_response(500, "An unexpected error occurred.")
                 await response(scope, receive, send_with_record)
             finally:
-                unanswered = CLIENT_CLOSED_REQUEST if handler.abandoned else 500
+                unanswered = CLIENT_CLOSED_REQUEST if ABANDONED_KEY in scope else 500
                 self._record(scope, status or unanswered, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, duration: float) -> None:

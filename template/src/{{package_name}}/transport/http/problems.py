@@ -82,22 +82,21 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Turn the framework's and the runtime's exceptions into problem+json responses."""
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(OffloadRejected, _overloaded)
-    app.add_exception_handler(OffloadTimeout, _timed_out)
+    # Through the decorator, whose typing lets each handler name the exception it handles.
+    app.exception_handler(HTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)
+    app.exception_handler(OffloadRejected)(_overloaded)
+    app.exception_handler(OffloadTimeout)(_timed_out)
 
 
-async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, HTTPException)
+async def _http_error(_request: Request, exc: HTTPException) -> ProblemResponse:
     detail: str | None = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if detail == _phrase(exc.status_code):
         detail = None  # starlette's default detail: the title says it already
     return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
-async def _invalid_request(_request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, RequestValidationError)
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> ProblemResponse:
     errors = [_invalid_param(error) for error in exc.errors()]
     return problem_response(422, "The request is not valid.", errors=errors)
 
@@ -112,8 +111,7 @@ def _invalid_param(error: dict[str, Any]) -> InvalidParam:
     return InvalidParam(location=location, message=message, type=str(error.get("type", "")))
 
 
-async def _overloaded(_request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, OffloadRejected)
+async def _overloaded(_request: Request, exc: OffloadRejected) -> ProblemResponse:
     return problem_response(
         503,
         "The service is at capacity. Retry after the time in the Retry-After header.",

@@ -18,11 +18,11 @@ import asyncio
 import contextlib
 import math
 import socket
-import sys
 from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.loops.auto import auto_loop_factory
 
 from ...resources import lifespan
 from ...runtime.lifecycle import Runtime, StartupError, in_thread
@@ -38,8 +38,7 @@ log = get_logger(__name__)
 def main() -> None:
     settings = load_settings(HttpSettings)
     configure_logging(settings.log_level, settings.log_format)
-    loop_factory = None if sys.platform == "win32" else _uvloop()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=auto_loop_factory()) as runner:
         status = runner.run(serve(settings))
     raise SystemExit(status)
 
@@ -131,8 +130,3 @@ class Server(uvicorn.Server):
             target = f"{self.config.host}:{self.config.port}"
             raise StartupError(f"cannot listen on {target} (in use or not local)")
 
-
-def _uvloop() -> type[asyncio.AbstractEventLoop] | None:
-    import uvloop  # noqa: PLC0415 - not on Windows
-
-    return uvloop.Loop
