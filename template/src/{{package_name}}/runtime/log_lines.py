@@ -43,8 +43,8 @@ class LineBuffer:
         self.stream: TextIO = sys.stdout
         self._flusher: threading.Thread | None = None
         self._lost = 0  # lines lost since writing last worked
-        self._after_fork()
-        os.register_at_fork(before=self.flush, after_in_child=self._after_fork)
+        self._start_empty()
+        os.register_at_fork(before=self.flush, after_in_child=self._start_empty)
 
     def use(self, stream: TextIO) -> None:
         """Write to ``stream`` from now on (what is kept goes to the previous one first)."""
@@ -57,9 +57,10 @@ class LineBuffer:
         self._flusher = threading.Thread(target=self._flush_often, name="log-flush", daemon=True)
         self._flusher.start()
 
-    def _after_fork(self) -> None:
-        """In a forked child: new locks (another thread may have held the parent's as it
-        forked, and nothing would release them here) and a flushing thread of its own.
+    def _start_empty(self) -> None:
+        """No lines and new locks: at first, and in a forked child (another thread may have
+        held the parent's locks as it forked, and nothing would release them there), which
+        also gets a flushing thread of its own.
         """
         self._lines: list[str] = []
         self._lock = threading.Lock()

@@ -38,6 +38,7 @@ log = get_logger(__name__)
 def main() -> None:
     settings = load_settings(HttpSettings)
     configure_logging(settings.log_level, settings.log_format)
+    # uvloop where it is installed (not on Windows), as uvicorn's own loop="auto" chooses.
     with asyncio.Runner(loop_factory=auto_loop_factory()) as runner:
         status = runner.run(serve(settings))
     raise SystemExit(status)
