@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # type statement).
     Handler = grpc.RpcMethodHandler[Any, Any]
 
+
 class Context(Protocol):
     """What the core reads from either flavour's servicer context."""
 

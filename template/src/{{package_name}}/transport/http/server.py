@@ -130,4 +130,3 @@ class Server(uvicorn.Server):
         if not self.started:
             target = f"{self.config.host}:{self.config.port}"
             raise StartupError(f"cannot listen on {target} (in use or not local)")
-
