@@ -6,13 +6,21 @@ import ast
 import shutil
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
 import jinja2.meta
 import pytest
 import yaml
-from combinations import COPIER_YML, asked_questions, choice_values, questions
+from combinations import (
+    COPIER_YML,
+    Combination,
+    asked_questions,
+    choice_values,
+    covering_set,
+    questions,
+)
 from hygiene import data_file_problems, python_problems, text_problems
 from support import git, own_checks, project_files, render, run, tail, tool_env
 
@@ -100,6 +108,24 @@ def test_every_variable_the_template_uses_is_a_question(template: Path) -> None:
         if missing := used - known:
             unknown[where] = ", ".join(sorted(missing))
     assert not unknown, "\n".join(f"{where}: {names}" for where, names in unknown.items())
+
+
+def test_plain_python_files_are_rendered_as_they_are(
+    template: Path, rendered: Callable[[Combination], Path]
+) -> None:
+    """A template ``.py`` file without Jinja is the code it renders, byte for byte: the
+    post-generation ``ruff format`` changes nothing in it, so what a reader of the template
+    sees is what the generated project holds."""
+    changed = []
+    for combination in covering_set():
+        project = rendered(combination)
+        package = next(p.name for p in (project / "src").iterdir() if (p / "runtime").is_dir())
+        for source in sorted((template / "template").rglob("*.py")):
+            relative = source.relative_to(template / "template").as_posix()
+            target = project / relative.replace("{{package_name}}", package)
+            if target.is_file() and target.read_bytes() != source.read_bytes():
+                changed.append(f"{combination}: {relative}")
+    assert not changed, "rewritten by rendering or formatting:\n" + "\n".join(changed)
 
 
 # --- Hostile but valid metadata ----------------------------------------------------------------
