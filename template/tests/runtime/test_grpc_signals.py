@@ -7,8 +7,9 @@ from __future__ import annotations
 import signal
 
 import grpc
+import pytest
 
-from grpc_support import BLOCK_METHOD, GrpcService, start_failing_grpc
+from grpc_support import BLOCK_METHOD, THREADED, GrpcService, start_failing_grpc
 
 
 def block_a_handler(service: GrpcService, channel: grpc.Channel) -> grpc.Future[bytes]:
@@ -30,6 +31,22 @@ def test_a_second_signal_exits_at_once_while_a_handler_is_blocked() -> None:
             # Far less than the two minutes the handler stays blocked.
             assert service.process.wait_exit(30) == 128 + signal.SIGINT
         assert service.events("shutdown_forced")
+    finally:
+        service.process.stop()
+
+
+@pytest.mark.skipif(not THREADED, reason="grpc.aio's handlers are tasks: stop(grace) cancels them")
+def test_a_handler_that_outlives_the_grace_ends_the_process_with_status_1() -> None:
+    """A thread cannot be stopped: past the grace the thread-pool server exits 1 and says why,
+    rather than wait for the handler (here, two minutes) and outlast the orchestrator."""
+    service = start_failing_grpc(drain_delay=0, shutdown_grace=1, offload_executor="thread")
+    try:
+        with service.channel() as channel:
+            block_a_handler(service, channel)
+            service.process.signal(signal.SIGTERM)
+            assert service.process.wait_exit(60) == 1
+        [incomplete] = service.events("shutdown_incomplete")
+        assert incomplete["reason"] == "RPC handlers still running after the grace"
     finally:
         service.process.stop()
 
