@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,29 @@ def wait_for_text(path: Path, text: str, timeout: float = 30.0) -> str:
             return content
         time.sleep(0.02)
     pytest.fail(f"{path} did not come to contain {text!r} within {timeout} s")
+
+
+class RecordingLogger:
+    """Stands in for a module's ``log`` (``monkeypatch.setattr(module, "log", ...)``): the events
+    of the given ``levels`` are kept with their fields, the others go to ``logger``."""
+
+    def __init__(self, logger: Any, levels: tuple[str, ...] = ("warning", "exception")) -> None:
+        self.logger = logger
+        self.levels = levels
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        if level not in self.levels:
+            return getattr(self.logger, level)
+
+        def record(event: str, **fields: object) -> None:
+            self.keep(event, fields)
+
+        return record
+
+    def keep(self, event: str, fields: dict[str, object]) -> None:
+        self.events.append((event, fields))
+
+    def named(self, event: str) -> list[dict[str, object]]:
+        """The fields of every ``event`` kept, oldest first."""
+        return [fields for name, fields in self.events if name == event]
