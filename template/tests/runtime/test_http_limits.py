@@ -63,6 +63,18 @@ def test_too_many_header_fields_are_refused_with_431(
         assert client.get("/v1/ping", headers=dict(list(fields.items())[:10])).status_code == 200
 
 
+def test_a_head_over_the_size_limit_is_refused_even_when_read_at_once(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    """A head this small arrives in one read: it is measured as it is parsed."""
+    service = start_http(start_service, offload_executor="thread", max_header_size=2048)
+    with service.client() as client:
+        assert client.get("/v1/ping", headers={"x-big": "a" * 1500}).status_code == 200
+        assert client.get("/v1/ping", headers={"x-big": "a" * 2500}).status_code == 431
+        assert client.get("/v1/ping?" + "q" * 2500).status_code == 431  # the request line too
+        assert client.get("/v1/ping").status_code == 200
+
+
 def test_slow_senders_are_disconnected_and_others_still_served(
     start_service: Callable[..., ServiceProcess],
 ) -> None:

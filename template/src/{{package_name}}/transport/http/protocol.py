@@ -5,16 +5,17 @@ uvicorn bounds none of them with httptools (h11 has one size limit, answered wit
 httptools keeps a header being received in memory however long it grows: a 64 MiB header
 stalled the loop for seconds and tripled the process's memory, and connections that send their
 headers a byte at a time (slowloris) were held open forever. Here a head past
-``max_header_size`` bytes or ``max_headers`` fields is answered 431 and the connection closed
-once the first chunk over the limit arrives, so at most one read (256 KiB) more than the limit
-is ever held; a head not complete within ``header_timeout`` seconds of its first byte (or of
+``max_header_size`` bytes or ``max_headers`` fields is answered 431 and the connection closed:
+a head that arrives whole in one read is measured as httptools parses it, one still arriving
+as soon as a chunk takes it over the limit, so at most one read (256 KiB) more than the limit
+is ever held. A head not complete within ``header_timeout`` seconds of its first byte (or of
 the connection) is answered 408 and closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -24,9 +25,12 @@ from .settings import HttpSettings
 
 log = get_logger(__name__)
 
+TOO_LARGE = "The request's header fields are larger than the service accepts."
+TOO_MANY = "The request has more header fields than the service accepts."
 
-class _TooManyHeadersError(Exception):
-    pass
+
+class _HeadRefusedError(Exception):
+    """Raised in a parser callback: httptools stops, and uvicorn calls send_400_response."""
 
 
 def bounded_protocol(limits: HttpSettings) -> type[HttpToolsProtocol]:
@@ -41,7 +45,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while in the head, the start of the body included
+        self._head_parsed = 0  # of the current head, as parsed: request target and fields
         self._refusal: tuple[int, str] | None = None
         self._head_started = 0.0  # loop time of the current head's first byte
         self._head_timer: asyncio.TimerHandle | None = None
@@ -64,17 +69,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > self.limits.max_header_size:
-            self._refuse(431, "The request's header fields are larger than the service accepts.")
+            self._refuse(431, TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begins()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_parsed += len(url)
+        if self._head_parsed > self.limits.max_header_size:
+            self._stop_parsing(431, TOO_LARGE)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
+        self._head_parsed += len(name) + len(value) + 4  # with ": " and the line's end
+        if self._head_parsed > self.limits.max_header_size:
+            self._stop_parsing(431, TOO_LARGE)
         if len(self.headers) > self.limits.max_headers:
-            self._refusal = (431, "The request has more header fields than the service accepts.")
-            raise _TooManyHeadersError  # httptools stops parsing; uvicorn calls send_400_response
+            self._stop_parsing(431, TOO_MANY)
+
+    def _stop_parsing(self, status: int, detail: str) -> NoReturn:
+        self._refusal = (status, detail)
+        raise _HeadRefusedError
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -93,6 +110,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # time limit if it has one. A busy keep-alive connection costs a timer per
         # header_timeout, not two timer operations per request.
         self._in_head = True
+        self._head_parsed = 0
         self._head_started = self.loop.time()
         if self._head_timer is None:
             self._head_timer = self.loop.call_at(
