@@ -1,19 +1,30 @@
 """Connections as the settings say: the server asks a client to reconnect once its connection
 is ``MAX_CONNECTION_AGE`` old; a client that keeps an idle connection alive with pings (Envoy
-does) keeps it, unless it pings more often than ``KEEPALIVE_MIN_CLIENT_INTERVAL`` allows.
+does) keeps it, unless it pings more often than ``KEEPALIVE_MIN_CLIENT_INTERVAL`` allows; a
+client that stops answering the server's pings (``KEEPALIVE_TIME``, ``KEEPALIVE_TIMEOUT``)
+loses its connection and its calls.
 """
 
 from __future__ import annotations
 
 import queue
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 
-from conftest import ServiceProcess
-from grpc_support import documents_pb2, documents_pb2_grpc, start_grpc
+from conftest import ServiceProcess, wait_until
+from grpc_support import (
+    SLEEP_METHOD,
+    documents_pb2,
+    documents_pb2_grpc,
+    start_failing_grpc,
+    start_grpc,
+)
 
 READY = grpc.ChannelConnectivity.READY
 
@@ -89,3 +100,40 @@ def test_a_client_that_pings_too_often_loses_its_connection(
         # Two pings too early are forgiven, the third ends the connection (GOAWAY too_many_pings).
         states.wait_for(lambda state: state is not READY, "the end of its connection")
     assert service.process.process.poll() is None, "the server must carry on"
+
+
+# A client that makes one call (target and method in its arguments) and waits for its answer.
+CALLER = """
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+channel.unary_unary(sys.argv[2]).future(b"", timeout=600).exception()
+"""
+
+
+def test_the_call_of_a_client_that_stopped_answering_is_cancelled() -> None:
+    """A frozen client (SIGSTOP here; a crashed host or a dropped NAT mapping in life) does not
+    answer the server's pings: its connection is closed and its call cancelled, which stops the
+    worker the call held, instead of waiting for a deadline an hour away."""
+    service = start_failing_grpc(
+        keepalive_time=1,
+        keepalive_timeout=1,
+        offload_executor="process",
+        offload_workers=1,
+        offload_timeout=3600,
+    )
+
+    def running() -> bool:
+        return service.metric("offload_in_flight", executor="process") == 1
+
+    def stopped() -> bool:
+        return service.metric("offload_killed_total", executor="process", reason="cancelled") == 1
+
+    client = subprocess.Popen([sys.executable, "-c", CALLER, service.target, SLEEP_METHOD])
+    try:
+        wait_until(running, 30, "the client's call to reach the pool")
+        client.send_signal(signal.SIGSTOP)
+        wait_until(stopped, 30, "the frozen client's call to be cancelled")
+    finally:
+        client.kill()
+        client.wait()
+        service.process.stop()
