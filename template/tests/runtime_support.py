@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ServiceProcess, service_env
+from conftest import ServiceProcess, service_env, wait_until
 
 SCENARIOS = Path(__file__).with_name("runtime_scenarios.py")
 
@@ -77,3 +77,10 @@ class RecordingLogger:
     def named(self, event: str) -> list[dict[str, object]]:
         """The fields of every ``event`` kept, oldest first."""
         return [fields for name, fields in self.events if name == event]
+
+    def one(self, event: str) -> dict[str, object]:
+        """The fields of the one ``event`` logged. Waits for it: the thread that logs it may do
+        so just after the effect the test saw (a call answered, a slot given back)."""
+        wait_until(lambda: bool(self.named(event)), what=f"{event} to be logged")
+        [fields] = self.named(event)
+        return fields

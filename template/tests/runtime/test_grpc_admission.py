@@ -32,7 +32,7 @@ def test_a_saturated_server_still_answers_health_liveness_and_reflection(
     threads = {"handler_threads": 2} if THREADED else {}
     service = start_grpc_with_one_worker(start_service, max_concurrent_rpcs=2, **threads)
     if THREADED:  # what this test sets up is what the server warns of at start-up
-        [warning] = service.events("handler_threads_too_few")
+        warning = service.wait_event("handler_threads_too_few")
         assert (warning["handler_threads"], warning["offload_capacity"]) == (2, 2)
     validate = f"{SERVICE}/Validate"
     with service.channel() as channel:
