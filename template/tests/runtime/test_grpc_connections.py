@@ -55,14 +55,20 @@ def ping(channel: grpc.Channel) -> None:
     documents_pb2_grpc.DocumentServiceStub(channel).Ping(documents_pb2.PingRequest(), timeout=10)
 
 
+def connected(channel: grpc.Channel) -> States:
+    """``channel``'s states, from the moment a call has connected it."""
+    states = States(channel)
+    ping(channel)
+    states.wait_for(lambda state: state is READY, "a connection")
+    return states
+
+
 def test_an_old_connection_is_asked_to_reconnect(
     start_service: Callable[..., ServiceProcess],
 ) -> None:
     service = start_grpc(start_service, max_connection_age=1, max_connection_age_grace=1)
     with service.channel() as channel:
-        states = States(channel)
-        ping(channel)
-        states.wait_for(lambda state: state is READY, "a connection")
+        states = connected(channel)
         # No call is running: after about a second the server's GOAWAY ends the connection.
         states.wait_for(lambda state: state is not READY, "the end of its connection")
         ping(channel)  # the next call connects again
@@ -83,9 +89,7 @@ def test_an_idle_connection_kept_alive_by_the_client_stays(
     """With gRPC's own defaults the third of these pings would end the connection."""
     service = start_grpc(start_service, keepalive_min_client_interval=1)
     with grpc.insecure_channel(service.target, options=keepalive(1500)) as channel:
-        states = States(channel)
-        ping(channel)
-        states.wait_for(lambda state: state is READY, "a connection")
+        states = connected(channel)
         assert not states.reached(lambda state: state is not READY, within=6.0), "it ended"
 
 
@@ -94,9 +98,7 @@ def test_a_client_that_pings_too_often_loses_its_connection(
 ) -> None:
     service = start_grpc(start_service, keepalive_min_client_interval=10)
     with grpc.insecure_channel(service.target, options=keepalive(200)) as channel:
-        states = States(channel)
-        ping(channel)
-        states.wait_for(lambda state: state is READY, "a connection")
+        states = connected(channel)
         # Two pings too early are forgiven, the third ends the connection (GOAWAY too_many_pings).
         states.wait_for(lambda state: state is not READY, "the end of its connection")
     assert service.process.process.poll() is None, "the server must carry on"
