@@ -35,9 +35,7 @@ import importlib
 import io
 import os
 import pstats
-import re
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -48,12 +46,12 @@ import perf_samples
 from service import (
     Service,
     answer,
-    cpu_seconds,
     free_port,
     http_answers,
     pin,
     project_python,
     settings_env,
+    wrk,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -187,24 +185,7 @@ def _wrk_rounds(
                 if args.pin:
                     pin(server.process.pid, {0})
                 with profile.recording() if profile is not None else nullcontext():
-                    results.append(_wrk(url, args.wrk, args.connections, server.process.pid))
-
-
-def _wrk(url: str, seconds: float, connections: int, pid: int) -> tuple[float, float]:
-    """Requests per second, and the server's CPU seconds per request (on a shared machine,
-    the steadier of the two: time the server waits for a core is not in it)."""
-    cpu_before = cpu_seconds(pid)
-    wrk = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    cpu = cpu_seconds(pid) - cpu_before
-    if "Non-2xx" in wrk.stdout:
-        raise SystemExit(f"GET /v1/ping failed:\n{wrk.stdout}")
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
-    total = re.search(r"(\d+) requests in", wrk.stdout)
-    assert rate is not None and total is not None, wrk.stdout
-    return float(rate.group(1)), cpu / int(total.group(1))
+                    results.append(wrk(url, args.wrk, args.connections, server.process.pid))
 
 
 def _generated_app(package: str) -> Any:

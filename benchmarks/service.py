@@ -59,6 +59,26 @@ def cpu_seconds(pid: int) -> float:
     return process_cpu(pid)[1]
 
 
+def wrk(
+    url: str, seconds: float, connections: int, pid: int, headers: Sequence[str] = ()
+) -> tuple[float, float]:
+    """Load ``url`` with wrk: requests per second, and the CPU seconds per request of process
+    ``pid`` (on a shared machine, the steadier of the two: time the server waits for a core is
+    not in it). ``headers`` are wrk's ``-H`` values, e.g. ``"traceparent: 00-..."``."""
+    cpu_before = cpu_seconds(pid)
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", url]
+    for header in headers:
+        command += ["-H", header]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(pid) - cpu_before
+    if "Non-2xx" in result.stdout:
+        raise SystemExit(f"{url} failed:\n{result.stdout}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    total = re.search(r"(\d+) requests in", result.stdout)
+    assert rate is not None and total is not None, result.stdout
+    return float(rate.group(1)), cpu / int(total.group(1))
+
+
 def settings_env(project: Path, **settings: object) -> dict[str, str]:
     """The environment with ``settings`` as the project's variables (``log_level`` ->
     ``MY_SERVICE_LOG_LEVEL``)."""

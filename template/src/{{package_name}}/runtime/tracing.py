@@ -5,7 +5,7 @@ The same variables ``opentelemetry-instrument`` reads configure it (``OTEL_SERVI
 one difference: nothing is exported unless an exporter or an OTLP endpoint is configured, so a
 service started without them never tries to reach a collector on localhost. Without an exporter
 neither the SDK nor the transports' instrumentations are installed (:func:`will_export`): spans
-nobody records would still cost a light request about a third of its time. The transports then
+nobody records would still more than double a light request's CPU time. The transports then
 continue an incoming ``traceparent`` themselves, so log lines and offloaded work keep its trace id.
 
 The service process and each offload worker process call :func:`configure` once at start-up and
