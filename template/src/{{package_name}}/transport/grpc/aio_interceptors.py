@@ -17,7 +17,7 @@ from grpc import StatusCode
 from .admission import REJECTED
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .interceptor import InterceptorCore, deadline_passed
-from .rpc import RpcRecord, is_traced
+from .rpc import RpcRecord, traced_rpcs
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -100,4 +100,5 @@ def tracing_interceptor() -> grpc.aio.ServerInterceptor:
     ``tracing_interceptor`` (``sync_interceptors.py``), with the same filter."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor  # noqa: PLC0415
 
-    return aio_server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call, no-any-return]
+    traced = traced_rpcs()
+    return aio_server_interceptor(filter_=traced)  # type: ignore[no-untyped-call, no-any-return]

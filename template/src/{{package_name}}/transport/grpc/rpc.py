@@ -8,7 +8,9 @@ seconds: they get no record, no log line and no metrics.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -32,10 +34,20 @@ def is_observed(method: str) -> bool:
     return not method.startswith(UNOBSERVED_SERVICES)
 
 
-def is_traced(details: grpc.HandlerCallDetails) -> bool:
-    """Whether RPCs like ``details`` get a server span: the observed ones (not health checks or
-    reflection, polled every few seconds)."""
-    return is_observed(details.method)
+def traced_rpcs() -> Callable[[grpc.HandlerCallDetails], bool]:
+    """Which RPCs get a server span: the observed ones (not health checks or reflection, polled
+    every few seconds), but for the services ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` names
+    (``package.Service``, comma-separated), which the instrumentation does not read when it is
+    given a filter.
+    """
+    names = os.environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", "").split(",")
+    excluded = {name.strip() for name in names if name.strip()}
+
+    def is_traced(details: grpc.HandlerCallDetails) -> bool:
+        method = details.method  # /package.Service/Method
+        return is_observed(method) and method.split("/")[1] not in excluded
+
+    return is_traced
 
 
 class AccessLog:

@@ -25,7 +25,7 @@ from ...runtime.stall import StallWatchdog
 from .admission import REJECTED, Admission
 from .errors import UNDECODABLE, UNDECODABLE_REQUEST, InvalidArgumentError, status_for
 from .interceptor import InterceptorCore, deadline_passed
-from .rpc import AccessLog, RpcRecord, is_observed, is_traced
+from .rpc import AccessLog, RpcRecord, is_observed, traced_rpcs
 from .sync_health import OnOwnThreads
 
 if TYPE_CHECKING:
@@ -146,9 +146,11 @@ def tracing_interceptor() -> grpc.ServerInterceptor:
 
     It extracts the caller's W3C trace context (``traceparent``, ``baggage`` metadata) and makes
     the RPC's span current while the handler runs; first in the server's list, so everything
-    after it runs inside the span. Health checks and reflection are not traced. Imported only by
-    a server that exports spans: the import costs about a quarter of a second of CPU.
+    after it runs inside the span. Health checks and reflection are not traced, nor the services
+    ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` names (:func:`.rpc.traced_rpcs`). Imported only by a
+    server that exports spans: the import costs about a quarter of a second of CPU.
     """
     from opentelemetry.instrumentation.grpc import server_interceptor  # noqa: PLC0415
 
-    return server_interceptor(filter_=is_traced)  # type: ignore[no-untyped-call, no-any-return]
+    traced = traced_rpcs()
+    return server_interceptor(filter_=traced)  # type: ignore[no-untyped-call, no-any-return]
