@@ -44,8 +44,8 @@ def traced_rpcs() -> Callable[[grpc.HandlerCallDetails], bool]:
     excluded = {name.strip() for name in names if name.strip()}
 
     def is_traced(details: grpc.HandlerCallDetails) -> bool:
-        method = details.method  # /package.Service/Method
-        return is_observed(method) and method.split("/")[1] not in excluded
+        method = details.method  # /package.Service/Method, or whatever a client sent
+        return is_observed(method) and method.lstrip("/").partition("/")[0] not in excluded
 
     return is_traced
 
