@@ -123,12 +123,9 @@ def _under_load(args: argparse.Namespace, modes: dict[str, dict[str, str]]) -> N
     loaded: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for _ in range(args.repeat):
         for mode, otel in modes.items():
-            port = free_port()
-            env = settings_env(args.project, port=port, offload_workers=1)
-            env.update(otel)
+            service, port = _service(args, otel, offload_workers=1)
             url = f"http://127.0.0.1:{port}/v1/ping"
-            command = [project_python(args.project), "-m", answer(args.project, "package_name")]
-            with Service(command, lambda url=url: http_answers(url), env=env) as service:
+            with service:
                 pin(service.pid, {0})
                 loaded[mode].append(
                     wrk(url, args.wrk, 96, service.pid, [f"traceparent: {TRACEPARENT}"])
@@ -162,14 +159,9 @@ def _run(
     args: argparse.Namespace, executor: str, otel: dict[str, str]
 ) -> dict[str, tuple[float, float]]:
     """One service: each request's median latency and CPU per request, µs."""
-    port = free_port()
-    env = settings_env(args.project, port=port, offload_executor=executor, log_level="warning")
-    env.update(otel)
-    package = answer(args.project, "package_name")
-    base = f"http://127.0.0.1:{port}"
-    command = [project_python(args.project), "-m", package]
+    service, port = _service(args, otel, offload_executor=executor, log_level="warning")
     measured = {}
-    with Service(command, lambda: http_answers(base + "/readyz"), env=env) as service:
+    with service:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for name, request in REQUESTS.items():
             _send(50, connection, *request)  # warm-up
@@ -180,6 +172,17 @@ def _run(
             measured[name] = (latency, seconds / args.requests * 1e6)
         connection.close()
     return measured
+
+
+def _service(
+    args: argparse.Namespace, otel: dict[str, str], **settings: object
+) -> tuple[Service, int]:
+    """The service with ``settings`` and the ``otel`` variables on a free port, to start."""
+    port = free_port()
+    env = {**settings_env(args.project, port=port, **settings), **otel}
+    command = [project_python(args.project), "-m", answer(args.project, "package_name")]
+    ready = f"http://127.0.0.1:{port}/readyz"
+    return Service(command, lambda: http_answers(ready), env=env), port
 
 
 def _send(
