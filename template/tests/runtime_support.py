@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,6 @@ class Scenario(ServiceProcess):
 
     def __init__(self, *args: str, **settings: object) -> None:
         self._start([str(self.script), *args], service_env(**settings))
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the scenario did not exit within {timeout} s:\n{self.output()[-4000:]}")
 
 
 def dump_section(lines: list[str], thread: str) -> list[str]:
