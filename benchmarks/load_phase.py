@@ -107,11 +107,17 @@ class CpuMeter:
     def used(self) -> dict[str, float]:
         """CPU seconds per second of the window: ``server``, ``children``, and ``machine``
         (busy CPUs: 2.0 is two CPUs busy throughout)."""
-        after, elapsed = self._read(), time.monotonic() - self.started
-        server, children, machine = (
-            (late - early) / elapsed for early, late in zip(self.before, after, strict=True)
-        )
-        return {"server": server, "children": children, "machine": machine}
+        spent = self.spent()
+        elapsed = time.monotonic() - self.started
+        return {name: seconds / elapsed for name, seconds in spent.items()}
+
+    def spent(self) -> dict[str, float]:
+        """CPU seconds used so far: ``server``, ``children``, and ``machine`` (all CPUs')."""
+        after = self._read()
+        names = ("server", "children", "machine")
+        return {
+            name: late - early for name, early, late in zip(names, self.before, after, strict=True)
+        }
 
     def _read(self) -> tuple[float, float, float]:
         machine = _machine_busy()

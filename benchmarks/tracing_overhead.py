@@ -45,6 +45,10 @@ from service import (
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+REQUESTS = {
+    "GET /v1/ping": ("GET", "/v1/ping", b""),
+    "POST validate": ("POST", "/v1/documents:validate", b'{"email": "ada@"}'),
+}
 
 
 class Sink(BaseHTTPRequestHandler):
@@ -149,12 +153,6 @@ def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(latencies), statistics.median(cpu)
 
 
-REQUESTS = {
-    "GET /v1/ping": ("GET", "/v1/ping", b""),
-    "POST validate": ("POST", "/v1/documents:validate", b'{"email": "ada@"}'),
-}
-
-
 def _run(
     args: argparse.Namespace, executor: str, otel: dict[str, str]
 ) -> dict[str, tuple[float, float]]:
@@ -167,8 +165,8 @@ def _run(
             _send(50, connection, *request)  # warm-up
             cpu = CpuMeter(service.pid)
             latency = _send(args.requests, connection, *request)
-            used = cpu.used()
-            seconds = (used["server"] + used["children"]) * (time.monotonic() - cpu.started)
+            spent = cpu.spent()
+            seconds = spent["server"] + spent["children"]
             measured[name] = (latency, seconds / args.requests * 1e6)
         connection.close()
     return measured
